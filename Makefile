@@ -1,0 +1,75 @@
+# LLM Serving Lab: two commands do everything.
+#   make lab    set up (once) and open JupyterLab on 00_preflight
+#   make test   set up (once) and run the whole suite, every notebook included (.ci/run calls this)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+ENV_DIR ?= .venv
+BIN := $(ENV_DIR)/bin
+LOCK := requirements/lock.txt
+STAMP := $(ENV_DIR)/.servelab-installed
+# Where pip finds torch==2.13.0+cpu when no local wheel path has it, e.g. the PyTorch CPU wheel index.
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+# llama.cpp is compiled for a portable AVX2 baseline, not -march=native: the native build's AMX kernels
+# segfault on the first completion on some CPUs (seen with llama-cpp-python 0.3.36), and a portable
+# wheel can be reused on any AVX2 machine. Kept in the kit's cache, keyed by the flags.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_VERSION := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' $(LOCK))
+LLAMA_WHEELS := $(or $(SERVELAB_HOME),$(HOME)/.cache/servelab)/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: lab test setup env model os-tools preflight leftovers clean
+
+lab: setup
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) notebooks/00_preflight.ipynb $(LAB_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
+	  --durations=15 $(PYTEST_ARGS)
+
+setup: env os-tools model
+
+env: $(STAMP)
+
+$(STAMP): $(LOCK) pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "Python 3.11+ is needed (found: $(PYTHON)). Install python3.11 or run: make lab PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
+	$(BIN)/python -m pip install -q --upgrade pip==25.3
+	@ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || { \
+	  echo "Compiling llama-cpp-python $(LLAMA_VERSION) (once; ~5 min on 2 cores)..."; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
+	    -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+	@echo "Installing the pinned environment (~2 min with wheels cached)..."
+	set -o pipefail; time $(BIN)/python -m pip install --no-deps $(PIP_TORCH) --find-links $(LLAMA_WHEELS) -r $(LOCK) 2>&1 | grep -v "is ignored: it is neither"
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@$(BIN)/python -c 'import importlib.util as u, sys; bad=[m for m in ("torchvision","torchaudio","torchcodec") if u.find_spec(m)]; bad and sys.exit(f"remove {bad}: they break vLLM CPU (pip uninstall -y {chr(32).join(bad)})")'
+	touch $@
+
+# Prometheus + promtool (notebook 06, rule tests) from the OS when we can; otherwise say how.
+os-tools:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing prometheus + promtool from the OS packages..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null; \
+	else \
+	  echo "NOTE: prometheus/promtool not found. Install them: 'sudo apt-get install prometheus' (Debian/Ubuntu)"; \
+	  echo "      or 'conda install -c conda-forge prometheus'. Notebook 06 and the rule tests need them."; \
+	fi
+
+model: env
+	$(BIN)/servelab model prepare
+
+preflight: setup
+	$(BIN)/servelab preflight
+
+leftovers:
+	$(BIN)/servelab engine leftovers --kill
+
+clean:
+	rm -rf artifacts results

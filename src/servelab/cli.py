@@ -1,0 +1,153 @@
+"""``servelab``: every action a notebook performs, from a terminal (for instructors and scripts/)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from servelab.errors import ServelabError
+
+app = typer.Typer(help="LLM Serving Lab: prepare the model, run engines, check the machine.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+model_app = typer.Typer(help="The kit's model (no hub needed).", no_args_is_help=True)
+engine_app = typer.Typer(help="Start engines and find leftovers.", no_args_is_help=True)
+env_app = typer.Typer(help="The pinned environment and its conda twin.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(engine_app, name="engine")
+app.add_typer(env_app, name="env")
+console = Console()
+
+
+def _fail(err: ServelabError) -> None:
+    console.print(f"[red]error:[/red] {err}")
+    raise typer.Exit(1)
+
+
+@model_app.command("prepare")
+def model_prepare(force: bool = typer.Option(False, help="convert again even if cached")) -> None:
+    """Convert the shipped GGUF into the float32 HF directory vLLM loads (once; then cached)."""
+    from servelab import model
+
+    try:
+        path = model.prepare_hf_model(force=force)
+    except ServelabError as err:
+        _fail(err)
+    console.print(f"[green]ready:[/green] {path}")
+
+
+@model_app.command("info")
+def model_info() -> None:
+    """Where the model files are."""
+    from servelab import model
+
+    try:
+        console.print(f"GGUF (llama.cpp): {model.gguf_path()}")
+    except ServelabError as err:
+        _fail(err)
+    state = "prepared" if model.is_prepared() else f"not prepared: run {model.PREPARE_COMMAND}"
+    console.print(f"HF dir (vLLM):    {model.hf_dir()} ({state})")
+
+
+@engine_app.command("start")
+def engine_start(
+    kind: str = typer.Argument(..., help="vllm or llamacpp"),
+    port: int = typer.Option(0, help="0 picks a free port"),
+    device: str = typer.Option("auto", help="vLLM only: auto, cpu or cuda"),
+    ready_timeout: float = typer.Option(600.0, help="seconds to wait for readiness"),
+) -> None:
+    """Start an engine in the foreground and keep it serving until Ctrl-C."""
+    from servelab.engines import start_engine
+
+    extra = {"device": device} if kind == "vllm" else {}
+    try:
+        with start_engine(kind, port=port or None, ready_timeout=ready_timeout, **extra) as engine:  # type: ignore[arg-type]
+            console.print(f"[green]{engine.name}[/green] ready in {engine.ready_seconds:.0f} s at "
+                          f"{engine.base_url} (model {engine.served_model!r}); log: {engine.log_path}")
+            console.print("Ctrl-C stops it.")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            while engine.running:
+                time.sleep(1)
+    except ServelabError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+@engine_app.command("leftovers")
+def engine_leftovers(kill: bool = typer.Option(False, help="stop them too")) -> None:
+    """List (and with --kill stop) server processes the kit started that are still running; exit 1 if any."""
+    from servelab.procs import leftover_processes
+
+    found = leftover_processes()
+    for proc in found:
+        console.print(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+        if kill:
+            proc.kill()
+    if found and not kill:
+        raise typer.Exit(1)
+    if not found:
+        console.print("no servelab server processes running")
+
+
+@app.command()
+def preflight(engines: bool = typer.Option(True, help="also start each engine and ask it once")) -> None:
+    """Check the machine and both engines; exit 1 if a required check fails."""
+    from servelab import preflight as pf
+
+    checks = pf.run(engines=engines)
+    table = Table("check", "status", "found", "fix")
+    colour = {"ok": "green", "FAIL": "red", "info": "grey50"}
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.found, "" if c.ok else c.fix)
+    console.print(table)
+    if not pf.all_ok(checks):
+        raise typer.Exit(1)
+
+
+@app.command("same-model")
+def same_model() -> None:
+    """Start both engines and compare their greedy first tokens on the kit's fixed prompts."""
+    from servelab import agreement
+    from servelab.engines import start_llamacpp, start_vllm
+
+    try:
+        with start_llamacpp() as llama, start_vllm() as vllm:
+            rows = agreement.compare(llama, vllm)
+    except ServelabError as err:
+        _fail(err)
+    table = Table("prompt", "llama.cpp", "vLLM", "same")
+    for r in rows:
+        table.add_row(r.prompt, repr(r.first), repr(r.second), "yes" if r.first_token_agrees else "no")
+    console.print(table)
+    console.print(f"first-token agreement: {agreement.agreement_rate(rows):.0%}")
+
+
+@env_app.command("render")
+def env_render() -> None:
+    """Rewrite environment.yml's pip list from requirements/lock.txt."""
+    from servelab import environment
+
+    environment.write_environment_yml()
+    console.print(f"wrote {environment.ENV_YML}")
+
+
+@env_app.command("check")
+def env_check() -> None:
+    """Exit 1 if environment.yml and requirements/lock.txt disagree."""
+    from servelab import environment
+
+    problems = environment.drift()
+    for p in problems:
+        console.print(f"[red]{p}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print("environment.yml matches requirements/lock.txt")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,201 @@
+"""Server processes that cannot outlive the notebook that started them.
+
+Every server the kit starts (engines, later Prometheus and the gateway) goes through
+:class:`ManagedServer`: it runs in its own process group, writes its log to a file, is waited for
+with a timeout, and is stopped as a whole group by ``stop()``, by ``with`` on exit, by an ``atexit``
+hook when the kernel shuts down, and by the kernel's death (``PR_SET_PDEATHSIG``) if it is killed.
+Each child carries ``SERVELAB_MANAGED=<owner pid>`` in its environment so that
+:func:`leftover_processes` can find any that escaped.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+import psutil
+
+from servelab.errors import ServelabError
+
+MARKER = "SERVELAB_MANAGED"
+_LIVE: set[ManagedServer] = set()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it if the kernel that started it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setsid()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log file, for error messages."""
+    if not path.is_file():
+        return "(no log written)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ManagedServer:
+    """An HTTP server process started, awaited and stopped as one process group."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        port: int,
+        log_path: Path,
+        ready_path: str = "/health",
+        env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.port = port
+        self.host = host
+        self.log_path = log_path
+        self.ready_path = ready_path
+        self.env = {**os.environ, **(env or {}), MARKER: str(os.getpid())}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at: float | None = None
+        self.ready_seconds: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> ManagedServer:
+        """Launch the process (not yet ready: call :meth:`wait_ready`)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, preexec_fn=_die_with_parent,
+        )
+        log.close()
+        _LIVE.add(self)
+        return self
+
+    def wait_ready(self, timeout: float, poll: float = 0.5) -> float:
+        """Block until ``ready_path`` answers 200; return the seconds from start to ready.
+
+        Fails fast, with the log's tail, when the process exits; stops it when the timeout passes.
+        """
+        assert self.process is not None and self.started_at is not None, "start() first"
+        deadline = self.started_at + timeout
+        with httpx.Client(timeout=5.0) as client:
+            while time.perf_counter() < deadline:
+                if self.process.poll() is not None:
+                    self._forget()
+                    raise ServelabError(
+                        f"{self.name} exited with code {self.process.returncode} before it was ready. "
+                        f"Last lines of {self.log_path}:\n{tail(self.log_path)}",
+                        "read the log above; `servelab preflight` checks the usual causes",
+                    )
+                try:
+                    if client.get(self.url + self.ready_path).status_code == 200:
+                        self.ready_seconds = time.perf_counter() - self.started_at
+                        return self.ready_seconds
+                except httpx.TransportError:
+                    pass
+                time.sleep(poll)
+        self.stop()
+        raise ServelabError(
+            f"{self.name} was not ready after {timeout:.0f} s. Last lines of {self.log_path}:\n"
+            f"{tail(self.log_path)}",
+            "raise the ready timeout parameter, or check the log for what it was doing",
+        )
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the whole process group, then SIGKILL whatever is left after ``grace`` seconds."""
+        if self.process is None:
+            return
+        pid = self.process.pid
+        group = [p for p in _group_members(pid)]
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _, alive = psutil.wait_procs(group, timeout=max(1.0, grace / 3))
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.process.poll() is None:
+            self.process.wait(timeout=5)
+        self._forget()
+
+    def _forget(self) -> None:
+        _LIVE.discard(self)
+
+    def __enter__(self) -> ManagedServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.name} {self.url} {state}>"
+
+
+def _group_members(pgid: int) -> list[psutil.Process]:
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (ProcessLookupError, psutil.Error, OSError):
+            continue
+    return members
+
+
+def stop_all() -> None:
+    """Stop every server this process started and has not stopped yet."""
+    for server in list(_LIVE):
+        server.stop(grace=5.0)
+
+
+def leftover_processes() -> list[psutil.Process]:
+    """Processes anywhere on this machine that a servelab server started and nobody stopped."""
+    found = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            if MARKER in proc.environ():
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+atexit.register(stop_all)

@@ -1,0 +1,70 @@
+"""Both real engines, started through servelab, really serve the same model."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from servelab import agreement
+from servelab.engines import Engine, LlamaCppOptions, start_llamacpp, start_vllm
+from servelab.errors import ServelabError
+
+pytestmark = pytest.mark.engines
+MIN_FIRST_TOKEN_AGREEMENT = 0.75  # measured 12/12 here; a different model agrees on almost none
+
+
+@pytest.fixture(scope="module")
+def llama() -> Engine:
+    with start_llamacpp() as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def vllm() -> Engine:
+    with start_vllm() as engine:
+        yield engine
+
+
+def test_llamacpp_answers(llama: Engine) -> None:
+    reply = llama.complete("The capital of France is", max_tokens=8)
+    assert reply["choices"][0]["text"].strip()
+    assert reply["usage"]["completion_tokens"] >= 1
+
+
+def test_vllm_answers_and_exports_v1_metrics(vllm: Engine) -> None:
+    reply = vllm.complete("The capital of France is", max_tokens=8)
+    assert reply["choices"][0]["text"].strip()
+    metrics = httpx.get(vllm.url + "/metrics", timeout=10).text
+    for name in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket"):
+        assert name in metrics
+
+
+def test_both_engines_serve_the_same_model(llama: Engine, vllm: Engine) -> None:
+    rows = agreement.compare(llama, vllm)
+    rate = agreement.agreement_rate(rows)
+    assert len(rows) >= 10
+    assert rate >= MIN_FIRST_TOKEN_AGREEMENT, [(r.prompt, r.first, r.second) for r in rows]
+
+
+def test_llamacpp_queues_concurrent_streams_instead_of_cutting_them(llama: Engine) -> None:
+    """With interrupt_requests=False (the kit's setting) a second stream must not cancel the first."""
+    assert LlamaCppOptions().interrupt_requests is False
+    client = llama.openai_client()
+
+    def stream(prompt: str) -> str | None:
+        finish = None
+        for chunk in client.completions.create(model=llama.served_model, prompt=prompt, max_tokens=24,
+                                               temperature=0, stream=True):
+            finish = chunk.choices[0].finish_reason or finish
+        return finish
+
+    with ThreadPoolExecutor(3) as pool:
+        finishes = list(pool.map(stream, ["Once upon a time", "The ocean is", "My favourite food is"]))
+    assert all(f in ("length", "stop") for f in finishes), finishes
+
+
+def test_vllm_with_a_missing_model_fails_with_its_log() -> None:
+    with pytest.raises(ServelabError) as err:
+        start_vllm(model="/no/such/model-dir", ready_timeout=300)
+    assert "exited with code" in str(err.value)

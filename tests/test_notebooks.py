@@ -1,0 +1,100 @@
+"""Every notebook under notebooks/ and labs/ runs end to end (papermill, quick profile), inside an outer
+timeout, leaves no error output, and records key figures that pass the sanity checks below.
+
+Notebooks are found automatically; one without an entry in EXPECTATIONS fails, so a new notebook
+cannot slip in untested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from servelab import results
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "notebooks"
+TIMINGS = ROOT / "artifacts" / "notebook_timings.json"
+OUTER_TIMEOUT_S = float(os.environ.get("SERVELAB_NOTEBOOK_TIMEOUT", 1500))
+CELL_TIMEOUT_S = 900
+RUN_MARKER = "SERVELAB_NOTEBOOK_RUN"
+
+
+def discover() -> list[Path]:
+    return sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("labs/**/*.ipynb")])
+
+
+def _check_00_preflight(r: dict) -> None:
+    assert r["all_required_ok"] is True
+    assert 0 < r["llamacpp_ready_s"] < 120
+    assert 0 < r["vllm_ready_s"] < 600
+    assert r["llamacpp_answer"].strip() and r["vllm_answer"].strip()
+    assert r["first_token_agreement"] >= 0.75
+    assert r["device"] in ("cpu", "cuda")
+
+
+EXPECTATIONS: dict[str, Callable[[dict], None]] = {
+    "00_preflight": _check_00_preflight,
+}
+
+
+def _kill_run(marker: str) -> None:
+    """After a timeout: kill papermill, its kernel and any server the kernel started (all carry the marker)."""
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(RUN_MARKER) == marker:
+                proc.kill()
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+
+
+def _record_time(name: str, seconds: float) -> None:
+    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
+    timings[name] = round(seconds, 1)
+    TIMINGS.write_text(json.dumps(timings, indent=2))
+
+
+def _error_outputs(path: Path) -> list[str]:
+    nb = nbformat.read(path, as_version=4)
+    return [f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
+            for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("notebook", discover(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebook_runs_and_records_sane_figures(notebook: Path) -> None:
+    name = notebook.stem
+    assert name in EXPECTATIONS, f"{notebook} has no entry in tests/test_notebooks.py EXPECTATIONS"
+    out = ARTIFACTS / notebook.relative_to(ROOT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    marker = uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-p", "profile", "quick",
+           "--cwd", str(notebook.parent), "--kernel", "python3", "--execution-timeout", str(CELL_TIMEOUT_S),
+           "--no-progress-bar", "--log-level", "WARNING"]
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, RUN_MARKER: marker}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = proc.communicate(timeout=OUTER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_run(marker)
+        proc.communicate()
+        pytest.fail(f"{notebook.name} did not finish within {OUTER_TIMEOUT_S:.0f} s (killed)")
+    _record_time(str(notebook.relative_to(ROOT)), time.perf_counter() - began)
+    errors = _error_outputs(out) if out.is_file() else ["no executed notebook written"]
+    assert proc.returncode == 0 and not errors, f"{notebook.name} failed: {errors}\n{log[-3000:]}"
+    EXPECTATIONS[name](results.load(name))
