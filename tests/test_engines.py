@@ -10,7 +10,7 @@ from servelab.engines import Engine, LlamaCppOptions, start_llamacpp, start_vllm
 from servelab.errors import ServelabError
 
 pytestmark = pytest.mark.engines
-MIN_FIRST_TOKEN_AGREEMENT = 0.75  # measured 12/12 here; a different model agrees on almost none
+MIN_FIRST_TOKEN_AGREEMENT = 0.75  # measured 11/12 here (one near-tie flips); a different model agrees on almost none
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,17 @@ def _check_00_preflight(r: dict) -> None:
     assert r["device"] in ("cpu", "cuda")
 
 
+def _check_02_deploy_vllm(r: dict) -> None:
+    assert 0 < r["vllm_ready_s"] < 600
+    assert r["chat_answer"].strip()
+    assert r["stream_chunks"] >= 2 and 0 < r["stream_ttft_s"] < r["stream_total_s"] < 120
+    assert r["vllm_sample_names"] >= 20
+    assert r["real_names_present"] is True and r["legacy_names_absent"] is True
+
+
 EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "00_preflight": _check_00_preflight,
+    "02_deploy_vllm": _check_02_deploy_vllm,
 }
 
 
