@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from servelab import agreement
+from servelab import agreement, alerts, metrics
 from servelab.engines import Engine, LlamaCppOptions, start_llamacpp, start_vllm
 from servelab.errors import ServelabError
 
@@ -68,3 +68,13 @@ def test_vllm_with_a_missing_model_fails_with_its_log() -> None:
     with pytest.raises(ServelabError) as err:
         start_vllm(model="/no/such/model-dir", ready_timeout=300)
     assert "exited with code" in str(err.value)
+
+
+def test_every_metric_an_alert_rule_names_is_exported_by_the_live_server(vllm: Engine) -> None:
+    """Public rule sets ship names vLLM never exported (e.g. vllm:num_preemptions); ours must all exist."""
+    vllm.complete("warm the histograms", max_tokens=2)
+    text = metrics.scrape(vllm.url + "/metrics")
+    exported = {name for name, _, _ in metrics.samples(text)} | set(metrics.families(text))
+    missing = {rule: sorted(n for n in names if n not in exported and n != "up")
+               for rule, names in alerts.rule_metric_names().items()}
+    assert not any(missing.values()), missing

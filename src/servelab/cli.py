@@ -17,9 +17,12 @@ app = typer.Typer(help="LLM Serving Lab: prepare the model, run engines, check t
 model_app = typer.Typer(help="The kit's model (no hub needed).", no_args_is_help=True)
 engine_app = typer.Typer(help="Start engines and find leftovers.", no_args_is_help=True)
 env_app = typer.Typer(help="The pinned environment and its conda twin.", no_args_is_help=True)
+alerts_app = typer.Typer(help="vLLM alert rules: render from the one source, check and test with promtool.",
+                         no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(engine_app, name="engine")
 app.add_typer(env_app, name="env")
+app.add_typer(alerts_app, name="alerts")
 console = Console()
 
 
@@ -147,6 +150,47 @@ def env_check() -> None:
     if problems:
         raise typer.Exit(1)
     console.print("environment.yml matches requirements/lock.txt")
+
+
+@alerts_app.command("render")
+def alerts_render() -> None:
+    """Regenerate the plain rules file and the PrometheusRule from manifests/monitoring/alert-rules.source.yaml."""
+    from servelab import alerts
+
+    for path in alerts.write_rendered():
+        console.print(f"wrote {path}")
+
+
+@alerts_app.command("check")
+def alerts_check() -> None:
+    """`promtool check rules` on both rendered files; exit 1 on a broken rule."""
+    from servelab import alerts
+
+    ok_all = True
+    for path in sorted(alerts.monitoring_dir().glob("prometheus*.yaml")):
+        try:
+            ok, output = alerts.promtool_check(path)
+        except ServelabError as err:
+            _fail(err)
+        ok_all &= ok
+        console.print(f"[{'green' if ok else 'red'}]{path.name}[/]: {output.strip()}")
+    if not ok_all:
+        raise typer.Exit(1)
+
+
+@alerts_app.command("test")
+def alerts_test() -> None:
+    """`promtool test rules` over tests/promtool/*.yaml: every rule fires and stays silent when it should."""
+    from servelab import alerts
+    from servelab.paths import repo_root
+
+    try:
+        ok, output = alerts.promtool_test(sorted((repo_root() / "tests" / "promtool").glob("*.yaml")))
+    except ServelabError as err:
+        _fail(err)
+    console.print(output)
+    if not ok:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
