@@ -50,6 +50,8 @@ def _check_02_deploy_vllm(r: dict) -> None:
     assert r["stream_chunks"] >= 2 and 0 < r["stream_ttft_s"] < r["stream_total_s"] < 120
     assert r["vllm_sample_names"] >= 20
     assert r["real_names_present"] is True and r["legacy_names_absent"] is True
+    assert r["manifest_files"] >= 10 and r["manifest_problems"] == []
+    assert any("'selector' is a required property" in p for p in r["seed_problems"])
 
 
 EXPECTATIONS: dict[str, Callable[[dict], None]] = {

@@ -23,6 +23,9 @@ app.add_typer(model_app, name="model")
 app.add_typer(engine_app, name="engine")
 app.add_typer(env_app, name="env")
 app.add_typer(alerts_app, name="alerts")
+manifests_app = typer.Typer(help="Kubernetes manifests: validate offline (1.25 and 1.32), dry-run on a cluster.",
+                            no_args_is_help=True)
+app.add_typer(manifests_app, name="manifests")
 console = Console()
 
 
@@ -150,6 +153,33 @@ def env_check() -> None:
     if problems:
         raise typer.Exit(1)
     console.print("environment.yml matches requirements/lock.txt")
+
+
+@manifests_app.command("validate")
+def manifests_validate(root: str = typer.Argument("manifests", help="folder or file to validate")) -> None:
+    """Schemas (Kubernetes 1.25 and 1.32), CRD structure, cross-references and kustomize builds; exit 1 on any problem."""
+    from pathlib import Path
+
+    from servelab import manifests
+
+    path = Path(root)
+    problems = manifests.validate_file(path) if path.is_file() else manifests.validate_tree(path)
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]{root}: valid for Kubernetes {', '.join(manifests.K8S_VERSIONS)}[/green]")
+
+
+@manifests_app.command("dry-run")
+def manifests_dry_run(directory: str = typer.Argument(..., help="a kustomization folder, e.g. manifests/vllm/overlays/cpu")) -> None:
+    """Server-side dry-run apply when a cluster is configured (KUBECONFIG); otherwise say so."""
+    from servelab import manifests
+
+    result = manifests.apply_if_cluster(directory)
+    console.print(result.output)
+    if result.ran and not result.ok:
+        raise typer.Exit(1)
 
 
 @alerts_app.command("render")

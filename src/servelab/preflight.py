@@ -124,8 +124,8 @@ def check_tools() -> list[Check]:
         checks.append(Check(f"{tool} on PATH", path is not None, path or "missing",
                             "sudo apt-get install prometheus   (or: conda install -c conda-forge prometheus)"))
     kubectl = shutil.which("kubectl")
-    checks.append(Check("kubectl (optional)", kubectl is not None, kubectl or "missing",
-                        "only needed to apply manifests to a real cluster", required=False))
+    checks.append(Check("kubectl (renders kustomize overlays)", kubectl is not None, kubectl or "missing",
+                        "install kubectl (it bundles kustomize); notebooks 02-03 and the manifest tests use it"))
     return checks
 
 
