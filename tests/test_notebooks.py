@@ -44,6 +44,10 @@ def _check_00_preflight(r: dict) -> None:
     assert r["device"] in ("cpu", "cuda")
 
 
+def _check_lab_passed(r: dict) -> None:
+    assert r["checks_total"] >= 3 and r["checks_passed"] == r["checks_total"]
+
+
 def _check_02_deploy_vllm(r: dict) -> None:
     assert 0 < r["vllm_ready_s"] < 600
     assert r["chat_answer"].strip()
@@ -57,6 +61,7 @@ def _check_02_deploy_vllm(r: dict) -> None:
 EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "00_preflight": _check_00_preflight,
     "02_deploy_vllm": _check_02_deploy_vllm,
+    "lab01_fix_the_seed_deployment": _check_lab_passed,
 }
 
 
@@ -92,7 +97,9 @@ def test_notebook_runs_and_records_sane_figures(notebook: Path) -> None:
     out = ARTIFACTS / notebook.relative_to(ROOT)
     out.parent.mkdir(parents=True, exist_ok=True)
     marker = uuid.uuid4().hex
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-p", "profile", "quick",
+    # Labs run with their reference solution: a broken solution or checker then fails here.
+    lab = ["-p", "use_reference_solution", "True"] if notebook.parts[-2] == "labs" else []
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-p", "profile", "quick", *lab,
            "--cwd", str(notebook.parent), "--kernel", "python3", "--execution-timeout", str(CELL_TIMEOUT_S),
            "--no-progress-bar", "--log-level", "WARNING"]
     began = time.perf_counter()
