@@ -1,5 +1,6 @@
 """Suite-wide hooks (repo root, so they also cover nbval's notebook items).
 
+- Each run gets a SERVELAB_SESSION id, inherited by everything it starts.
 - The leftover-process test always runs last, after every notebook, so it sees what the whole suite
   left behind.
 - At the end, a table of how long each notebook took (written by tests/test_notebooks.py).
@@ -8,6 +9,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,11 @@ TIMINGS = Path(__file__).parent / "artifacts" / "notebook_timings.json"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.name == LAST)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every kernel and server this run starts inherits the id, so the leftover test judges only them.
+    os.environ.setdefault("SERVELAB_SESSION", uuid.uuid4().hex)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -44,6 +44,15 @@ def _check_00_preflight(r: dict) -> None:
     assert r["device"] in ("cpu", "cuda")
 
 
+def _check_01_engine_comparison(r: dict) -> None:
+    rows = r["sweep"]
+    assert {(x["engine"], x["concurrency"]) for x in rows} == {(e, c) for e in ("llamacpp", "vllm") for c in r["levels"]}
+    assert r["requests_failed"] == 0 and all(x["ok"] >= 4 for x in rows)
+    assert all(0.5 < x["output_token_throughput"] < 5000 for x in rows)
+    assert r["llamacpp_ttft_growth"] > 1.5  # one request at a time: later users queue
+    assert r["vllm_scaling"] > 1.5  # continuous batching turns users into throughput
+
+
 def _check_lab_passed(r: dict) -> None:
     assert r["checks_total"] >= 3 and r["checks_passed"] == r["checks_total"]
 
@@ -60,6 +69,7 @@ def _check_02_deploy_vllm(r: dict) -> None:
 
 EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "00_preflight": _check_00_preflight,
+    "01_engine_comparison": _check_01_engine_comparison,
     "02_deploy_vllm": _check_02_deploy_vllm,
     "lab01_fix_the_seed_deployment": _check_lab_passed,
 }

@@ -55,3 +55,12 @@ def test_a_server_that_never_gets_ready_times_out_and_is_stopped(tmp_path) -> No
     with pytest.raises(ServelabError, match="not ready after 2 s"):
         server.wait_ready(timeout=2)
     assert not server.running
+
+
+def test_leftovers_are_scoped_to_a_session(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SERVELAB_SESSION", "other-run")
+    port = free_port()
+    with _http_server(tmp_path, port).start() as server:
+        server.wait_ready(timeout=30)
+        assert [p for p in leftover_processes(session="other-run") if p.pid == server.process.pid]
+        assert not [p for p in leftover_processes(session="this-run") if p.pid == server.process.pid]

@@ -26,6 +26,7 @@ import psutil
 from servelab.errors import ServelabError
 
 MARKER = "SERVELAB_MANAGED"
+SESSION_VAR = "SERVELAB_SESSION"
 _LIVE: set[ManagedServer] = set()
 
 
@@ -186,12 +187,17 @@ def stop_all() -> None:
         server.stop(grace=5.0)
 
 
-def leftover_processes() -> list[psutil.Process]:
-    """Processes anywhere on this machine that a servelab server started and nobody stopped."""
+def leftover_processes(session: str | None = None) -> list[psutil.Process]:
+    """Processes on this machine that a servelab server started and nobody stopped.
+
+    With ``session``, only those whose environment carries ``SESSION_VAR=session``: a test run sets
+    it once, every kernel and server it starts inherits it, and servers of other runs are not counted.
+    """
     found = []
     for proc in psutil.process_iter(["pid", "name"]):
         try:
-            if MARKER in proc.environ():
+            env = proc.environ()
+            if MARKER in env and (session is None or env.get(SESSION_VAR) == session):
                 found.append(proc)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
