@@ -1,7 +1,5 @@
 """Both real engines, started through servelab, really serve the same model."""
 
-from concurrent.futures import ThreadPoolExecutor
-
 import httpx
 import pytest
 
@@ -50,17 +48,7 @@ def test_both_engines_serve_the_same_model(llama: Engine, vllm: Engine) -> None:
 def test_llamacpp_queues_concurrent_streams_instead_of_cutting_them(llama: Engine) -> None:
     """With interrupt_requests=False (the kit's setting) a second stream must not cancel the first."""
     assert LlamaCppOptions().interrupt_requests is False
-    client = llama.openai_client()
-
-    def stream(prompt: str) -> str | None:
-        finish = None
-        for chunk in client.completions.create(model=llama.served_model, prompt=prompt, max_tokens=24,
-                                               temperature=0, stream=True):
-            finish = chunk.choices[0].finish_reason or finish
-        return finish
-
-    with ThreadPoolExecutor(3) as pool:
-        finishes = list(pool.map(stream, ["Once upon a time", "The ocean is", "My favourite food is"]))
+    finishes = llama.concurrent_streams(["Once upon a time", "The ocean is", "My favourite food is"], max_tokens=24)
     assert all(f in ("length", "stop") for f in finishes), finishes
 
 

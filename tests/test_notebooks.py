@@ -53,6 +53,16 @@ def _check_01_engine_comparison(r: dict) -> None:
     assert r["vllm_scaling"] > 1.5  # continuous batching turns users into throughput
 
 
+def _check_03_llamacpp_on_cpu(r: dict) -> None:
+    sweep = r["threads_sweep"]
+    assert [row["threads"] for row in sweep] == r["threads"] and all(row["failed"] == 0 for row in sweep)
+    assert all(1 < row["output_tok_s"] < 5000 for row in sweep)
+    assert r["streams_cut_default"] >= 1 and r["streams_cut_kit"] == 0
+    assert 50 < r["rss_idle_mib"] <= r["rss_peak_mib"] < 8000
+    assert r["manifest_request_mib"] >= r["rss_peak_mib"]  # the manifest is sized from the measurement
+    assert r["manifest_limit_mib"] >= 1.25 * r["rss_peak_mib"]
+
+
 def _check_lab_passed(r: dict) -> None:
     assert r["checks_total"] >= 3 and r["checks_passed"] == r["checks_total"]
 
@@ -71,6 +81,7 @@ EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "00_preflight": _check_00_preflight,
     "01_engine_comparison": _check_01_engine_comparison,
     "02_deploy_vllm": _check_02_deploy_vllm,
+    "03_llamacpp_on_cpu": _check_03_llamacpp_on_cpu,
     "lab01_fix_the_seed_deployment": _check_lab_passed,
 }
 

@@ -95,6 +95,29 @@ class Engine(ManagedServer):
             ) from None
         return response.json()
 
+    def concurrent_streams(self, prompts: list[str], max_tokens: int = 32, stagger_s: float = 0.3,
+                           timeout: float = 120.0) -> list[str]:
+        """Stream one completion per prompt, each started ``stagger_s`` after the previous one, and return
+        how each ended: its ``finish_reason`` ("length"/"stop"), or ``"cut: ..."`` when the server
+        dropped it. Shows what llama.cpp's ``interrupt_requests`` does to concurrent users."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        client = self.openai_client(timeout=timeout)
+
+        def one(i_prompt: tuple[int, str]) -> str:
+            time.sleep(i_prompt[0] * stagger_s)
+            finish = None
+            try:
+                for chunk in client.completions.create(model=self.served_model, prompt=i_prompt[1], stream=True,
+                                                       max_tokens=max_tokens, temperature=0):
+                    finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+            except Exception as err:  # noqa: BLE001 - a dropped stream is the outcome being shown
+                return f"cut: {type(err).__name__}"
+            return finish or "cut: stream ended without a finish_reason"
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            return list(pool.map(one, enumerate(prompts)))
+
     def __enter__(self) -> Engine:
         return self
 

@@ -20,14 +20,14 @@ def path_for(notebook: str) -> Path:
     return results_dir() / f"{notebook}.json"
 
 
-def record(notebook: str, **figures: Any) -> dict[str, Any]:
-    """Merge ``figures`` into the notebook's results file and return the whole record."""
+def record(notebook: str, **figures: Any) -> None:
+    """Merge ``figures`` into the notebook's results file (returns nothing, so a notebook cell ending
+    with it does not echo the whole record)."""
     path = path_for(notebook)
     data = json.loads(path.read_text()) if path.is_file() else {}
     data.update(figures)
     data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-    return data
 
 
 def reset(notebook: str, **context: Any) -> None:
