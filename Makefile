@@ -17,6 +17,8 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 LLAMA_VERSION := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' $(LOCK))
 LLAMA_WHEELS := $(or $(SERVELAB_HOME),$(HOME)/.cache/servelab)/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 LAB_ARGS ?=
+# JupyterLab refuses to run as root without this flag (containers and lab VMs often are root).
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -25,7 +27,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: lab test setup env model os-tools preflight leftovers clean
 
 lab: setup
-	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) notebooks/00_preflight.ipynb $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ROOT) notebooks/00_preflight.ipynb $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
