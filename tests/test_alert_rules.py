@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servelab import alerts
+from servelab import alerts, paths
 from servelab.errors import ServelabError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,8 +232,8 @@ def test_wrong_expectation_fails_promtool_test(tmp_path: Path, promtool: str) ->
 
 
 def test_missing_promtool_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(alerts.shutil, "which", lambda *_a, **_k: None)
-    monkeypatch.setattr(alerts.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(paths.shutil, "which", lambda *_a, **_k: None)
+    monkeypatch.setattr(paths.sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ServelabError) as err:
         alerts.promtool_check(PLAIN)
     assert "sudo apt-get install prometheus" in str(err.value)

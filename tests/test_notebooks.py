@@ -63,6 +63,21 @@ def _check_03_llamacpp_on_cpu(r: dict) -> None:
     assert r["manifest_limit_mib"] >= 1.25 * r["rss_peak_mib"]
 
 
+def _check_05_benchmarking(r: dict) -> None:
+    assert [row["concurrency"] for row in r["closed"]] == r["levels"]
+    assert [row["request_rate"] for row in r["open"]] == r["rates"]
+    for row in r["closed"] + r["open"]:
+        assert row["errors"] == 0 and row["timeouts"] == 0 and row["ok"] >= 6
+        assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"] < 10
+    throughput = [row["output_token_throughput"] for row in r["closed"]]
+    assert throughput[-1] > 1.5 * throughput[0]  # batching raised throughput
+    assert all(abs(row["difference"]) < 0.25 for row in r["crosscheck"])  # 10% is the full-profile bar
+    assert r["client_ceiling"]["requests_per_s"] > 10 * max(row["request_throughput"] for row in r["closed"])
+    assert 1 < r["bandwidth_gb_s"] < 2000
+    assert all(0.01 < row["share_of_bound"] < 1.5 for row in r["roofline"])
+    assert 100 < r["seed_a100_one_stream_bound"] < 200 and r["seed_min_batch"] > 20
+
+
 def _check_lab_passed(r: dict) -> None:
     assert r["checks_total"] >= 3 and r["checks_passed"] == r["checks_total"]
 
@@ -77,11 +92,23 @@ def _check_02_deploy_vllm(r: dict) -> None:
     assert any("'selector' is a required property" in p for p in r["seed_problems"])
 
 
+def _check_06_monitoring_alerting(r: dict) -> None:
+    assert r["promtool_check_ok"] is True and r["promtool_test_ok"] is True
+    assert r["target_up"] is True
+    assert 0 < r["seconds_to_pending"] <= r["seconds_to_firing"] < 300
+    assert 0 <= r["seconds_to_resolved"] < 300
+    assert r["max_queue_seen"] > r["queue_threshold"]
+    assert r["load_requests_ok"] >= r["load_users"] and r["load_requests_failed"] == 0
+    assert r["kit_names_found"] is True and r["seed_names_found"] == 0  # the seed's names match no series
+
+
 EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "00_preflight": _check_00_preflight,
     "01_engine_comparison": _check_01_engine_comparison,
     "02_deploy_vllm": _check_02_deploy_vllm,
     "03_llamacpp_on_cpu": _check_03_llamacpp_on_cpu,
+    "06_monitoring_alerting": _check_06_monitoring_alerting,
+    "05_benchmarking": _check_05_benchmarking,
     "lab01_fix_the_seed_deployment": _check_lab_passed,
 }
 

@@ -15,9 +15,7 @@ temporary file for a local Prometheus, while the production values stay in the m
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,7 +25,7 @@ from typing import Any
 import yaml
 
 from servelab.errors import ServelabError
-from servelab.paths import repo_root
+from servelab.paths import find_binary, repo_root
 
 __all__ = [
     "AlertRule",
@@ -364,13 +362,10 @@ def legacy_names(text: str) -> list[str]:
 # --- promtool -----------------------------------------------------------------------------------
 
 def find_promtool() -> str:
-    """Path of ``promtool``: on PATH, or next to this Python (a conda env whose bin/ is not on PATH)."""
-    found = shutil.which("promtool")
+    """Path of ``promtool`` (see :func:`servelab.paths.find_binary`), or an error naming the install."""
+    found = find_binary("promtool")
     if found:
         return found
-    beside = Path(sys.executable).parent / "promtool"
-    if beside.is_file():
-        return str(beside)
     raise ServelabError("promtool is not installed (it comes with Prometheus)", PROMTOOL_MISSING_FIX)
 
 

@@ -8,6 +8,8 @@ same run can read what earlier notebooks measured.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 
@@ -39,3 +41,13 @@ def logs_dir() -> Path:
     path = results_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def find_binary(name: str) -> str | None:
+    """An OS tool (prometheus, promtool, ...): on PATH, or next to this Python (a conda env whose
+    bin/ is not on PATH). ``None`` when absent; callers raise with their own install hint."""
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else None

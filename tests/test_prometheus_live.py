@@ -1,0 +1,122 @@
+"""The kit's alert rules in a real Prometheus, scraping a real vLLM, fired by real load.
+
+Why: promtool's unit tests prove the rules' logic on invented series; only a live run proves the
+chain around them: Prometheus loads the rendered file, scrapes vLLM's /metrics, the rule's metric
+names exist, and VLLMQueueBacklog goes pending, then firing under load, and resolves after it.
+The rules are the kit's own, rendered with quick thresholds (queue > 2 for 6s, 2s intervals);
+vLLM runs with --max-num-seqs 2 so 12 users build a queue on 2 cores.
+
+About 2 minutes on 2 cores (vLLM start ~40 s, 40 s of load, the queue draining, the server-down check).
+The tests share one vLLM and one Prometheus and run in file order; the last one stops vLLM.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from servelab import alerts, paths, prometheus
+from servelab.bench import BenchResult, fixed_workload, run_benchmark
+from servelab.engines import Engine, VLLMOptions, start_vllm
+from servelab.errors import ServelabError
+from servelab.prometheus import PrometheusServer, start_prometheus
+
+JOB = "vllm"
+QUICK = {"queue_threshold": 2, "queue_for": "6s", "job_regex": JOB, "server_down_for": "4s"}
+LOAD_USERS, LOAD_SECONDS, OUTPUT_TOKENS = 12, 40, 64
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    with start_vllm(options=VLLMOptions(max_num_seqs=2)) as vllm:
+        yield vllm
+
+
+@pytest.fixture(scope="module")
+def prom(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    rules = alerts.write_rules_file(tmp_path_factory.mktemp("rules") / "quick-rules.yaml", QUICK, interval="2s")
+    with start_prometheus({JOB: [f"127.0.0.1:{engine.port}"]}, [rules]) as server:
+        yield server
+
+
+def test_missing_binary_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(paths.shutil, "which", lambda name: None)
+    monkeypatch.setattr(paths.sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(ServelabError, match="apt-get install prometheus") as err:
+        start_prometheus({JOB: ["127.0.0.1:1"]}, [])
+    assert "conda install -c conda-forge prometheus" in str(err.value)
+
+
+@pytest.mark.engines
+def test_target_up_rules_loaded_and_real_metric_queryable(prom: PrometheusServer) -> None:
+    assert prom.wait_for_targets(timeout_s=30) < 30
+    assert prom.targets_up() == {JOB: True}
+    rules = {r["name"]: r for r in prom.rules()}
+    assert {"VLLMQueueBacklog", "VLLMServerDown"} <= set(rules)
+    assert all(r["health"] in ("ok", "unknown") for r in rules.values()), rules
+    assert rules["VLLMQueueBacklog"]["query"] == "sum by (model_name) (vllm:num_requests_waiting) > 2"
+    waiting = prom.query("vllm:num_requests_waiting")
+    assert waiting and waiting[0]["metric"]["job"] == JOB and "model_name" in waiting[0]["metric"]
+    assert prom.query("vllm_num_requests_waiting") == []  # the adapter's rename is no vLLM metric
+    assert prom.alert_state("VLLMQueueBacklog") == "inactive"
+
+
+@pytest.mark.engines
+def test_bad_promql_and_unknown_alert_fail_fast(prom: PrometheusServer) -> None:
+    with pytest.raises(ServelabError, match="parse error"):
+        prom.query("sum(")
+    with pytest.raises(ServelabError, match="no alerting rule named"):
+        prom.wait_for_alert("NoSuchAlert", "firing", timeout_s=1)
+    began = time.perf_counter()
+    with pytest.raises(ServelabError, match="did not become firing within"):
+        prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=1.5, poll_s=0.5)
+    assert time.perf_counter() - began < 10
+
+
+@pytest.mark.engines
+def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: PrometheusServer) -> None:
+    workload = fixed_workload(input_tokens=32, output_tokens=OUTPUT_TOKENS, engine_kind=engine.kind)
+    started = time.time()
+    # Leaving the `with` waits for the load (bounded by LOAD_SECONDS and the request timeout) even
+    # when an assertion fails, so no request is still in flight when the next test stops vLLM.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool:
+        load = pool.submit(run_benchmark, engine.base_url, engine.served_model, workload, concurrency=LOAD_USERS,
+                           num_requests=200, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
+        to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=45)
+        to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=45)
+        active = [a for a in prom.alerts() if a["labels"]["alertname"] == "VLLMQueueBacklog"]
+        assert active[0]["state"] == "firing" and active[0]["labels"]["severity"] == "warning"
+        assert float(active[0]["value"]) > QUICK["queue_threshold"]
+        assert engine.served_model in active[0]["annotations"]["summary"]
+
+        # The clients stop sending after LOAD_SECONDS; the alert resolves once vLLM has worked the queue
+        # down to the threshold, which is later: what is measured is "sending stopped -> resolved".
+        ended = started + LOAD_SECONDS
+        time.sleep(max(0.0, ended - time.time()))
+        prom.wait_for_alert("VLLMQueueBacklog", "inactive", timeout_s=120)
+        to_resolved = time.time() - ended
+        result: BenchResult = load.result(timeout=180)
+    print(f"pending after {to_pending:.1f} s, firing after {to_firing:.1f} s, "
+          f"resolved {to_resolved:.1f} s after the load stopped sending; {result.summary['ok']} requests ok")
+    assert result.summary["ok"] >= LOAD_USERS and result.summary["errors"] == result.summary["timeouts"] == 0
+    assert 0 < to_pending <= to_firing < LOAD_SECONDS and 0 < to_resolved < 120
+
+    timeline = prom.alert_timeline("VLLMQueueBacklog", started - 5, time.time(), step="1s")
+    runs = [level for level, _ in itertools.groupby(timeline["level"])]
+    assert runs == [0, 1, 2, 0], runs  # inactive, pending, firing, resolved
+    queue = prom.query_range("sum(vllm:num_requests_waiting)", started, ended, step="2s")
+    assert queue["value"].max() > QUICK["queue_threshold"]
+
+
+@pytest.mark.engines
+def test_server_down_fires_when_vllm_stops(engine: Engine, prom: PrometheusServer) -> None:
+    """Runs last: it stops the module's vLLM. up == 0 from the next scrape, for 4s, then firing."""
+    assert prom.alert_state("VLLMServerDown") == "inactive"
+    engine.stop()
+    waited = prom.wait_for_alert("VLLMServerDown", "firing", timeout_s=30)
+    assert waited < 30 and prom.targets_up() == {JOB: False}
