@@ -43,7 +43,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
 	@ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || { \
-	  echo "Compiling llama-cpp-python $(LLAMA_VERSION) (once; ~5 min on 2 cores)..."; \
+	  echo "Compiling llama-cpp-python $(LLAMA_VERSION) (once; ~3.5 min on 2 cores)..."; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
 	    -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
 	@echo "Installing the pinned environment (~2 min with wheels cached)..."
