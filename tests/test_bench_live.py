@@ -83,7 +83,10 @@ def test_client_ceiling_and_sweeps_against_the_instant_stub(tmp_path) -> None:  
                                  progress=False, save_dir=tmp_path)
         by_rate = sweep_rate(stub.url + "/v1", STUB_MODEL, workload, [100.0, float("inf")], num_requests=12,
                              warmup=0, concurrency=4, progress=False)
+        per_user = sweep_concurrency(stub.url + "/v1", STUB_MODEL, workload, [1, 4], requests_per_user=3,
+                                     min_requests=5, warmup=0, progress=False)
     assert list(by_c["concurrency"]) == [1, 4] and list(by_c["ok"]) == [12, 12]
+    assert list(per_user["requests"]) == [5, 12]  # max(min_requests, 3 per user)
     assert list(by_rate["ok"]) == [12, 12] and (by_rate["output_tokens_total"] == 96).all()
     assert len(list(tmp_path.glob("*.json"))) == 2
 

@@ -71,6 +71,10 @@ def _check_05_benchmarking(r: dict) -> None:
         assert 0 < row["ttft_p50_s"] <= row["ttft_p99_s"] and 0 < row["tpot_p50_s"] < 10
     throughput = [row["output_token_throughput"] for row in r["closed"]]
     assert throughput[-1] > 1.5 * throughput[0]  # batching raised throughput
+    llama = r["closed_llamacpp"]
+    assert [row["concurrency"] for row in llama] == r["llamacpp_levels"]
+    assert all(row["errors"] == 0 and row["timeouts"] == 0 and row["ok"] >= 6 for row in llama)
+    assert llama[-1]["ttft_p50_s"] > 1.5 * llama[0]["ttft_p50_s"]  # one at a time: later users queue
     assert all(abs(row["difference"]) < 0.25 for row in r["crosscheck"])  # 10% is the full-profile bar
     assert r["client_ceiling"]["requests_per_s"] > 10 * max(row["request_throughput"] for row in r["closed"])
     assert 1 < r["bandwidth_gb_s"] < 2000

@@ -402,14 +402,22 @@ def _sweep(label: str, values: list[Any], run: Callable[[Any], BenchResult], sav
 
 
 def sweep_concurrency(base_url: str, model: str, workload: Workload, levels: list[int], *,
-                      save_dir: Any = None, name: str = "sweep", **run_options: Any) -> pd.DataFrame:
+                      save_dir: Any = None, name: str = "sweep", requests_per_user: int | None = None,
+                      min_requests: int = 4, **run_options: Any) -> pd.DataFrame:
     """One closed-loop run per concurrency level; one summary row per level (column ``concurrency``).
 
-    ``run_options`` go to :func:`run_benchmark` (e.g. ``num_requests``: give each level enough
-    requests, several times its concurrency). With ``save_dir`` each run is also saved.
+    Each level needs several requests per user to measure a steady state: with ``requests_per_user``
+    a level of C users sends ``max(min_requests, requests_per_user * C)`` requests; otherwise
+    ``num_requests`` from ``run_options`` applies to every level. ``run_options`` go to
+    :func:`run_benchmark`. With ``save_dir`` each run is also saved.
     """
-    return _sweep("concurrency", list(levels), lambda c: run_benchmark(
-        base_url, model, workload, concurrency=c, **run_options), save_dir, name)
+    def run(c: int) -> BenchResult:
+        options = dict(run_options)
+        if requests_per_user is not None:
+            options["num_requests"] = max(min_requests, requests_per_user * c)
+        return run_benchmark(base_url, model, workload, concurrency=c, **options)
+
+    return _sweep("concurrency", list(levels), run, save_dir, name)
 
 
 def sweep_rate(base_url: str, model: str, workload: Workload, rates: list[float], *,
