@@ -26,7 +26,6 @@ class Comparison:
     prompt: str
     first: str
     second: str
-    common_prefix_chars: int
 
     @property
     def first_token_agrees(self) -> bool:
@@ -39,8 +38,7 @@ def compare(a: Engine, b: Engine, prompts: list[str] | None = None, max_tokens: 
     for prompt in prompts or default_prompts():
         ta = a.complete(prompt, max_tokens=max_tokens)["choices"][0]["text"]
         tb = b.complete(prompt, max_tokens=max_tokens)["choices"][0]["text"]
-        common = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
-        rows.append(Comparison(prompt, ta, tb, common))
+        rows.append(Comparison(prompt, ta, tb))
     return rows
 
 

@@ -32,10 +32,3 @@ def samples(text: str, prefix: str = "") -> list[tuple[str, dict[str, str], floa
     return [(s.name, dict(s.labels), s.value) for f in text_string_to_metric_families(text)
             if f.name.startswith(prefix) for s in f.samples]
 
-
-def value(text: str, name: str) -> float:
-    """The sum over label sets of one sample name, e.g. ``vllm:num_requests_waiting``."""
-    found = [v for n, _, v in samples(text) if n == name]
-    if not found:
-        raise ServelabError(f"{name} is not on this /metrics page", "check the name against families(text)")
-    return sum(found)
