@@ -52,16 +52,19 @@ $(STAMP): $(LOCK) pyproject.toml
 	@$(BIN)/python -c 'import importlib.util as u, sys; bad=[m for m in ("torchvision","torchaudio","torchcodec") if u.find_spec(m)]; bad and sys.exit(f"remove {bad}: they break vLLM CPU (pip uninstall -y {chr(32).join(bad)})")'
 	touch $@
 
-# Prometheus + promtool (notebook 06, rule tests) from the OS when we can; otherwise say how.
+# Prometheus + promtool + Alertmanager (notebook 06, rule and alerting tests) from the OS when we can;
+# otherwise say how. Debian names the Alertmanager binary prometheus-alertmanager.
 os-tools:
-	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  { command -v alertmanager || command -v prometheus-alertmanager; } >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "Installing prometheus + promtool from the OS packages..."; \
+	  echo "Installing prometheus + promtool + alertmanager from the OS packages..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    prometheus prometheus-alertmanager >/dev/null; \
 	else \
-	  echo "NOTE: prometheus/promtool not found. Install them: 'sudo apt-get install prometheus' (Debian/Ubuntu)"; \
-	  echo "      or 'conda install -c conda-forge prometheus'. Notebook 06 and the rule tests need them."; \
+	  echo "NOTE: prometheus/promtool/alertmanager not found. Install them: 'sudo apt-get install prometheus"; \
+	  echo "      prometheus-alertmanager' (Debian/Ubuntu) or 'conda install -c conda-forge prometheus' plus the"; \
+	  echo "      alertmanager binary of a Prometheus release on PATH. Notebook 06 and the alerting tests need them."; \
 	fi
 
 model: env

@@ -255,3 +255,15 @@ def test_bad_arguments_say_what_to_do() -> None:
     for kwargs in ({"num_requests": None}, {"concurrency": 0}, {"request_rate": -1.0}, {"endpoint": "embed"}):
         with pytest.raises(ServelabError):
             run_benchmark("http://127.0.0.1:1/v1", "m", wl, progress=False, **kwargs)
+
+
+def test_shared_prefix_workload_starts_every_prompt_with_one_text() -> None:
+    wl = fixed_workload(input_tokens=32, output_tokens=8, engine_kind="vllm", shared_prefix_tokens=100)
+    first, other_seed = wl.take(3, seed=1), wl.take(2, seed=2)
+    prefix = first[0].prompt.split("\n\n")[0]
+    assert all(r.prompt.startswith(prefix + "\n\n") for r in first + other_seed)  # the same text for any seed
+    assert len({r.prompt for r in first}) == 3  # distinct questions after it
+    assert all(125 <= r.input_tokens <= 140 for r in first)
+    assert wl.describe()["shared_prefix_tokens"] == 100
+    with pytest.raises(ServelabError, match="shared_prefix_tokens"):
+        fixed_workload(shared_prefix_tokens=-1)

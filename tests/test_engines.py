@@ -3,9 +3,10 @@
 import httpx
 import pytest
 
-from servelab import agreement, alerts, metrics
+from servelab import agreement, alerts, dashboard, manifests, metrics
 from servelab.engines import Engine, LlamaCppOptions, start_llamacpp, start_vllm
 from servelab.errors import ServelabError
+from servelab.paths import repo_root
 
 pytestmark = pytest.mark.engines
 MIN_FIRST_TOKEN_AGREEMENT = 0.75  # measured 11/12 here (one near-tie flips); a different model agrees on almost none
@@ -66,6 +67,23 @@ def test_every_metric_an_alert_rule_names_is_exported_by_the_live_server(vllm: E
     missing = {rule: sorted(n for n in names if n not in exported and n != "up")
                for rule, names in alerts.rule_metric_names().items()}
     assert not any(missing.values()), missing
+
+
+def test_every_metric_the_autoscalers_and_the_dashboard_read_is_exported_by_the_live_server(vllm: Engine) -> None:
+    """prometheus-adapter's rule, KEDA's query and the Grafana panels read Prometheus series by vLLM's names;
+    the HPA asks for the adapter's rename (Kubernetes metric names cannot hold ':'), which must be exactly
+    what the adapter's rule produces from the live name."""
+    vllm.complete("warm the counters", max_tokens=2)  # http_requests_total appears after the first request
+    text = metrics.scrape(vllm.url + "/metrics")
+    exported = {name for name, _, _ in metrics.samples(text)} | set(metrics.families(text))
+    scaling = manifests.autoscaling_metrics(repo_root() / "manifests" / "vllm")
+    reads = {**scaling.series, "Grafana dashboard": dashboard.metric_names()}
+    assert any(w.startswith("prometheus-adapter") for w in reads) and any(w.startswith("KEDA") for w in reads)
+    missing = {where: sorted(names - exported) for where, names in reads.items()}
+    assert not any(missing.values()), missing
+    asked = set().union(*scaling.hpa_metrics.values())
+    assert asked and set(scaling.adapter_names.values()) == asked, (scaling.adapter_names, scaling.hpa_metrics)
+    assert not asked & exported  # the renamed metric exists only in the custom metrics API
 
 
 def test_bench_harness_agrees_with_vllm_bench_serve(vllm: Engine) -> None:

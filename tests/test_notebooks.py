@@ -82,6 +82,27 @@ def _check_05_benchmarking(r: dict) -> None:
     assert 100 < r["seed_a100_one_stream_bound"] < 200 and r["seed_min_batch"] > 20
 
 
+def _check_04_quantization_paged_attention(r: dict) -> None:
+    ladder = {row["level"]: row for row in r["quantization"]}
+    assert set(r["levels"]) | {"F16", "Q4_1 (shipped)"} <= set(ladder)
+    for row in ladder.values():
+        assert 50 < row["file_mib"] < 400 and 50 < row["rss_mib"] < 4000
+        assert 0.1 < row["decode_tok_s"] < 5000 and 0.1 < row["prompt_tok_s"] < 50_000
+        assert 5 < row["perplexity"] < 500
+    assert ladder["F16"]["file_mib"] > 2 * min(row["file_mib"] for row in ladder.values())
+    assert abs(ladder["F16"]["perplexity"] / ladder["Q4_1 (shipped)"]["perplexity"] - 1) < 0.05  # same values
+    assert 40 < r["file_saving_f16_to_q4"] < 75 and r["rss_saving_f16_to_q4"] < r["file_saving_f16_to_q4"]
+    assert {row["dtype"] for row in r["vllm_dtypes"]} == {"float32", "bfloat16"}
+    assert all(row["decode_tok_s"] > 0.5 for row in r["vllm_dtypes"])
+    assert len(r["kv_formula_check"]) >= 3 and all(row["difference"] == 0 for row in r["kv_formula_check"])
+    assert r["pressure_failed"] == 0 and r["pressure_ok"] > 0 and r["preemptions"] >= 1
+    assert r["max_kv_cache_usage"] > 0.8
+    sim = {row["scheme"]: row for row in r["simulation"]}
+    assert sim["paged"]["token_states"] > 0.9 > 0.5 > sim["contiguous"]["token_states"]
+    assert 0.5 < r["prefix_cache_hit_rate"] <= 1 and r["prefix_hit_rate_when_off"] == 0
+    assert r["prefix_ttft_speedup"] > 1.5 and r["completed"] is True
+
+
 def _check_lab_passed(r: dict) -> None:
     assert r["checks_total"] >= 3 and r["checks_passed"] == r["checks_total"]
 
@@ -104,6 +125,59 @@ def _check_06_monitoring_alerting(r: dict) -> None:
     assert r["max_queue_seen"] > r["queue_threshold"]
     assert r["load_requests_ok"] >= r["load_users"] and r["load_requests_failed"] == 0
     assert r["kit_names_found"] is True and r["seed_names_found"] == 0  # the seed's names match no series
+    # Alertmanager delivered both notifications to the webhook: group_wait (1 s) after firing, within a
+    # group_interval (2 s) of resolving; 30 s is a generous bound for a busy 2-core machine.
+    assert r["notification_firing_received"] is True and r["notification_resolved_received"] is True
+    assert 0 <= r["seconds_alert_firing_to_notification"] < 30 and 0 <= r["seconds_resolved_to_notification"] < 30
+    assert r["notifications_received"] >= 2
+    assert r["dashboard_panels"] >= 8 and r["dashboard_queries_with_data"] == r["dashboard_queries"]
+
+
+def _check_07_autoscaling_cost(r: dict) -> None:
+    assert "05_benchmarking" in r["results_sources"] and "00_preflight" in r["results_sources"]
+    assert r["hpa_docs_examples"][0]["servelab.autoscale"] == "2"  # 200m over 100m doubles 1 replica
+    assert r["seed_hpa"] == {"min": 2, "max": 10, "target": 10.0}
+    model = r["replica_model"]
+    assert model["max_batch"] >= 1 and model["capacity_rps"] > 0 and model["startup_s"] > 0
+    runs = {row["run"]: row for row in r["simulation"]}
+    targets = [f"target {t:g}" for t in r["queue_targets"]]
+    assert set(runs) == {*targets, "static"}
+    hours = 24 * r["sim_days"]
+    for row in runs.values():
+        assert 2 * hours - 1e-6 <= row["replica_hours"] <= 10 * hours + 1e-6 and 0 <= row["slo_violation_share"] <= 1
+        assert row["requests"] == r["sim_requests"]
+    low, high = runs[targets[0]], runs[targets[-1]]
+    assert low["replica_hours"] > high["replica_hours"] and low["slo_violation_share"] < high["slo_violation_share"]
+    assert runs["static"]["replica_hours"] == pytest.approx(10 * hours)
+    assert all(0 < row["effective_utilization"] <= 1.05 for row in r["simulation_cost"])
+    assert all(row["on_demand_usd_per_mtok"] > row["spot_usd_per_mtok"] > 0 for row in r["usd_per_million_tokens"])
+    steps = r["waterfall"]
+    assert steps[0]["step"] == "continuous batching" and steps[0]["factor"] < 1  # batching measured to help
+    assert 0 < r["waterfall_total_saving"] < 1
+    seed = r["seed_100qps"]
+    assert seed["seed_price_ratio"] > 5 and seed["holds"]["price of one A100-hour"] is False
+    assert seed["a100_needed"] >= 1 and seed["usd_per_hour"] > 0
+
+
+def _check_08_production_practices(r: dict) -> None:
+    assert r["auth_statuses"] == {"no key": 401, "unknown key": 401, "alice's key": 200} and r["stream_chunks"] >= 2
+    assert sorted(r["bad_input_statuses"].values()) == [400, 400, 413]
+    assert r["token_limit_statuses"] == [200, 429] and r["request_limit_statuses"] == [200] * 4 + [429] * 2
+    assert r["other_key_status"] == 200 and 1 <= r["retry_after_s"] <= 60
+    assert r["health_busy_docs_s"] < 1.0 and r["health_busy_docs_s"] < r["health_busy_models_s"]
+    assert r["timeout_status"] == 504 and 0.9 < r["timeout_waited_s"] < 10
+    assert r["stream_timeout_outcome"] == "timeout" and r["stream_timeout_tokens"] > 0 and r["strict_audit_has_prompt"]
+    assert r["disconnect_outcome"] == "client_disconnected"
+    assert r["replica_free_after_s"] < min(3.0, r["abandoned_generation_s"] / 3)  # the engine stopped
+    assert r["burst_ok"] == r["burst_requests"] == r["burst_audit_lines"] == r["burst_audit_distinct"] >= 100
+    assert r["raw_keys_in_audit"] == 0 and r["metrics_requests_total"] == r["audit_lines_at_metrics"]
+    assert -50 < r["gateway_overhead_ms"] < 250 and r["overhead_pairs"] >= 10
+    drill = r["failover"]
+    assert drill["noticed_at_s"] is not None and drill["noticed_at_s"] - drill["kill_at_s"] < 3
+    assert drill["failed_after_notice"] == 0 and drill["failed"] == drill["in_flight_lost"] <= 1 < drill["ok"]
+    assert r["recovered_after_s"] < 5 * r["health_interval_s"] + 2
+    assert {"gateway_requests", "gateway_replica_up", "gateway_upstream_cancelled"} <= set(r["metric_families"])
+    assert r["manifest_problems"] == [] and r["netpol_protects_engines"] and r["netpol_only_gateway_allowed"]
 
 
 EXPECTATIONS: dict[str, Callable[[dict], None]] = {
@@ -111,8 +185,11 @@ EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "01_engine_comparison": _check_01_engine_comparison,
     "02_deploy_vllm": _check_02_deploy_vllm,
     "03_llamacpp_on_cpu": _check_03_llamacpp_on_cpu,
+    "04_quantization_paged_attention": _check_04_quantization_paged_attention,
     "06_monitoring_alerting": _check_06_monitoring_alerting,
     "05_benchmarking": _check_05_benchmarking,
+    "07_autoscaling_cost": _check_07_autoscaling_cost,
+    "08_production_practices": _check_08_production_practices,
     "lab01_fix_the_seed_deployment": _check_lab_passed,
 }
 

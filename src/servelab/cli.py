@@ -26,6 +26,8 @@ app.add_typer(alerts_app, name="alerts")
 manifests_app = typer.Typer(help="Kubernetes manifests: validate offline (1.25 and 1.32), dry-run on a cluster.",
                             no_args_is_help=True)
 app.add_typer(manifests_app, name="manifests")
+dashboard_app = typer.Typer(help="The vLLM Grafana dashboard, generated from servelab.dashboard.", no_args_is_help=True)
+app.add_typer(dashboard_app, name="dashboard")
 console = Console()
 
 
@@ -258,6 +260,80 @@ def alerts_test() -> None:
     console.print(output)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def cost(
+    tokens_per_s: float = typer.Option(..., help="measured output tokens/s of one GPU (or one CPU instance)"),
+    gpu: str = typer.Option("A100", help="A100, H100, L4, T4 or CPU (prices in data/pricing/gpu_prices.yaml)"),
+    spot: bool = typer.Option(False, help="price at the spot rate instead of on-demand"),
+    utilization: float = typer.Option(1.0, help="share of paid time the hardware is busy, in (0, 1]"),
+    qps: float = typer.Option(None, help="also size a fleet for this many requests/s"),
+    tokens_per_request: float = typer.Option(None, help="output tokens per request (with --qps)"),
+    prices: str = typer.Option(None, help="another price file (default data/pricing/gpu_prices.yaml)"),
+) -> None:
+    """$ per 1M tokens = hourly price / (tokens/s x utilization x 3600) x 1e6; with --qps, GPUs needed and $/h."""
+    from pathlib import Path
+
+    from servelab import cost as costs
+
+    market = "spot" if spot else "on_demand"
+    try:
+        offer = costs.load_prices(Path(prices) if prices else None).offer(gpu)
+        hourly = offer.usd_per_unit_hour(market)
+        per_mtok = costs.usd_per_million_tokens(hourly, tokens_per_s, utilization)
+        if (qps is None) != (tokens_per_request is None):
+            raise ServelabError("--qps and --tokens-per-request go together.", "pass both, or neither")
+        plan = costs.plan_fleet(qps, tokens_per_request, tokens_per_s, hourly, utilization) if qps is not None else None
+    except ServelabError as err:
+        _fail(err)
+    quote = offer.spot if spot else offer.on_demand
+    console.print(f"{gpu} ({offer.instance}, {market.replace('_', '-')}): ${hourly:.4f} per unit-hour "
+                  f"(source: {quote.source}, as of {quote.as_of or 'undated'})", soft_wrap=True, markup=False)
+    console.print(f"{tokens_per_s:g} tok/s at {utilization:.0%} utilization: ${per_mtok:.4f} per 1M tokens",
+                  soft_wrap=True)
+    if plan is not None:
+        console.print(f"{qps:g} QPS x {tokens_per_request:g} tokens = {plan.tokens_per_s_needed:g} tok/s: "
+                      f"{plan.units} x {gpu}, ${plan.usd_per_hour:.2f}/h, ${plan.usd_per_million_tokens:.4f} "
+                      "per 1M tokens served", soft_wrap=True)
+
+
+gateway_app = typer.Typer(help="The API gateway: keys, rate limits, timeouts, failover, audit log (notebook 08).",
+                          no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("serve")
+def gateway_serve(
+    config: str = typer.Option("data/gateway/config.yaml", help="gateway YAML"),
+    host: str = typer.Option("127.0.0.1", help="0.0.0.0 to accept connections from other machines"),
+    port: int = typer.Option(8080),
+    log_level: str = typer.Option("warning"),
+) -> None:
+    """Run the gateway in the foreground until Ctrl-C."""
+    from servelab.gateway.__main__ import serve
+
+    try:
+        serve(config, host, port, log_level)
+    except ServelabError as err:
+        _fail(err)
+
+
+@gateway_app.command("hash-key")
+def gateway_hash_key(key: str = typer.Argument(..., help="the raw API key")) -> None:
+    """Print the SHA-256 hash a gateway config stores for KEY (configs never hold raw keys)."""
+    from servelab.gateway.config import hash_key
+
+    console.print(hash_key(key), markup=False)
+
+
+@dashboard_app.command("render")
+def dashboard_render() -> None:
+    """Regenerate manifests/monitoring/grafana-dashboard-vllm.json and its ConfigMap from servelab.dashboard."""
+    from servelab import dashboard
+
+    for path in dashboard.write_rendered():
+        console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -154,6 +154,9 @@ def vllm_env(device: str, opts: VLLMOptions) -> dict[str, str]:
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
     if device == "cpu":
+        if not float(opts.kv_cache_gib).is_integer() or opts.kv_cache_gib < 1:
+            raise ServelabError(f"kv_cache_gib={opts.kv_cache_gib} is not a whole number of GiB",
+                                "vLLM's CPU build reads VLLM_CPU_KVCACHE_SPACE as an integer: use 1, 2, 4, ...")
         env["VLLM_CPU_KVCACHE_SPACE"] = f"{opts.kv_cache_gib:g}"
     return env
 

@@ -87,11 +87,13 @@ def _seconds(duration: str | float) -> float:
 
 
 def prometheus_config(targets: Mapping[str, Sequence[str]], rule_files: Sequence[str | Path],
-                      scrape_interval: str = "2s", evaluation_interval: str = "2s") -> dict[str, Any]:
+                      scrape_interval: str = "2s", evaluation_interval: str = "2s",
+                      alertmanagers: Sequence[str] = ()) -> dict[str, Any]:
     """The ``prometheus.yml`` content as a dict: one static scrape job per entry of ``targets``.
 
     ``scrape_timeout`` is set to the scrape interval because Prometheus refuses a timeout longer than
-    the interval, and its default (10s) is longer than the quick intervals used here.
+    the interval, and its default (10s) is longer than the quick intervals used here. With
+    ``alertmanagers`` (``host:port`` each), an ``alerting:`` block makes Prometheus send its alerts there.
     """
     if not targets:
         raise ServelabError("no scrape targets given", 'pass e.g. {"vllm": [f"127.0.0.1:{engine.port}"]}')
@@ -102,12 +104,18 @@ def prometheus_config(targets: Mapping[str, Sequence[str]], rule_files: Sequence
                                 f'write {{"{job}": ["{addresses}"]}}')
         jobs.append({"job_name": str(job), "metrics_path": "/metrics",
                      "static_configs": [{"targets": [str(a) for a in addresses]}]})
-    return {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
                    "evaluation_interval": evaluation_interval},
         "rule_files": [str(Path(p).resolve()) for p in rule_files],
         "scrape_configs": jobs,
     }
+    if isinstance(alertmanagers, str) or any("/" in str(a) for a in alertmanagers):
+        raise ServelabError(f"alertmanagers={alertmanagers!r} must be a list of host:port (no scheme, no path)",
+                            "pass [alertmanager.address], e.g. ['127.0.0.1:9093']")
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [str(a) for a in alertmanagers]}]}]}
+    return config
 
 
 class PrometheusServer(ManagedServer):
@@ -327,13 +335,15 @@ def start_prometheus(
     ready_timeout: float = 60,
     port: int | None = None,
     keep_files: bool = False,
+    alertmanagers: Sequence[str] = (),
 ) -> PrometheusServer:
     """Start a local Prometheus scraping ``targets`` (``{job: ["127.0.0.1:port", ...]}``) with ``rule_files``.
 
     The config and the TSDB live in ``results/prometheus-<port>/`` (deleted on ``stop()`` unless
     ``keep_files``), the log in ``results/logs/``. Prometheus listens on loopback only. It is ready
     when ``/-/ready`` answers 200, which it does only after the config and every rule file loaded: a
-    broken rule file makes it exit, and this raises with the log's tail.
+    broken rule file makes it exit, and this raises with the log's tail. ``alertmanagers``
+    (``host:port``, e.g. ``[alertmanager.address]``) are where it sends its firing and resolved alerts.
     """
     binary = find_prometheus()
     for value in (scrape_interval, evaluation_interval):
@@ -344,7 +354,7 @@ def start_prometheus(
         if not path.is_file():
             raise ServelabError(f"rule file {path} does not exist",
                                 "write one with servelab.alerts.write_rules_file(path, thresholds, interval)")
-    config = prometheus_config(targets, files, scrape_interval, evaluation_interval)
+    config = prometheus_config(targets, files, scrape_interval, evaluation_interval, alertmanagers)
     port = port or free_port()
     workdir = results_dir() / f"prometheus-{port}"
     shutil.rmtree(workdir, ignore_errors=True)  # a stale TSDB of an earlier run on this port

@@ -29,6 +29,7 @@ Endpoint = Literal["completions", "chat"]
 Lengths = int | tuple[int, int]
 
 SMOLLM2_EOS_ID = 2  # <|im_end|>, also the end-of-text token of SmolLM2's completions
+_PREFIX_SEED = 20_231_023  # fixed: the shared prefix is one text, whatever the workload's seed
 DATASET_PATH = repo_root() / "data" / "prompts" / "bench_prompts.jsonl"
 
 # Common English words; nearly all are one token in BPE vocabularies, so the estimate stays close
@@ -165,9 +166,15 @@ class Workload:
     eos_token_id: int = SMOLLM2_EOS_ID
     dataset_path: Path | None = None
     tokenizer_file: Path | None = None
+    # Tokens of one text every prompt starts with (a long system prompt, a shared document): what
+    # prefix caching reuses. 0: every prompt is distinct from its first token.
+    shared_prefix_tokens: int = 0
 
     def __post_init__(self) -> None:
         length_forcing_body(self.engine_kind)  # validates engine_kind early
+        if self.shared_prefix_tokens < 0:
+            raise ServelabError(f"shared_prefix_tokens={self.shared_prefix_tokens} is negative",
+                                "use 0 (no shared prefix) or a token count such as 512")
         if self.output_tokens is not None:
             _check_lengths("output_tokens", self.output_tokens)
         if self.kind != "dataset":
@@ -182,6 +189,9 @@ class Workload:
         rng = np.random.default_rng(seed)
         counter = token_counter(self.tokenizer_file)
         extra = self.extra_body
+        if self.shared_prefix_tokens:
+            yield from self._with_prefix(seed, counter)
+            return
         if self.kind == "dataset":
             rows = load_dataset(self.dataset_path)
             while True:
@@ -193,6 +203,14 @@ class Workload:
             n_in = _draw(self.input_tokens, rng)  # type: ignore[arg-type]
             prompt = synthetic_prompt(n_in, rng, counter)
             yield Request(prompt, _draw(self.output_tokens or 64, rng), extra, counter.count(prompt))
+
+    def _with_prefix(self, seed: int, counter: TokenCounter) -> Iterator[Request]:
+        """The same requests with one shared text in front (the same text for every seed)."""
+        prefix = synthetic_prompt(self.shared_prefix_tokens, np.random.default_rng(_PREFIX_SEED), counter) + "\n\n"
+        inner = Workload(**{**self.__dict__, "shared_prefix_tokens": 0})
+        for request in inner.requests(seed):
+            prompt = prefix + request.prompt
+            yield Request(prompt, request.max_tokens, request.extra_body, counter.count(prompt))
 
     def take(self, n: int, seed: int = 0) -> list[Request]:
         """The first ``n`` requests for ``seed`` (handy to look at what will be sent)."""
@@ -209,6 +227,7 @@ class Workload:
             "extra_body": self.extra_body,
             "dataset": str(self.dataset_path or DATASET_PATH) if self.kind == "dataset" else None,
             "exact_token_counts": token_counter(self.tokenizer_file).exact,
+            "shared_prefix_tokens": self.shared_prefix_tokens,
         }
 
 
