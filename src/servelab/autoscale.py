@@ -222,10 +222,10 @@ class HorizontalPodAutoscaler:
     def _limit_rate(self, now: float, current: int, desired: int) -> int:
         spec = self.spec
         if desired > current:
-            ceiling = min(spec.max_replicas, max(current, self._scale_up_limit(now, current)))
+            ceiling = min(spec.max_replicas, max(current, self._policy_limit(now, current, up=True)))
             return min(desired, ceiling)
         if desired < current:
-            floor = max(spec.min_replicas, min(current, self._scale_down_limit(now, current)))
+            floor = max(spec.min_replicas, min(current, self._policy_limit(now, current, up=False)))
             return max(desired, floor)
         return desired
 
@@ -235,24 +235,18 @@ class HorizontalPodAutoscaler:
         removed = sum(n for t, n in self.scale_down_events if t > now - period)
         return current - added + removed
 
-    def _scale_up_limit(self, now: float, current: int) -> int:
-        rules = self.spec.scale_up
+    def _policy_limit(self, now: float, current: int, up: bool) -> int:
+        """The ceiling (``up``) or floor the scale-up or scale-down policies allow now, as the controller computes it."""
+        rules = self.spec.scale_up if up else self.spec.scale_down
         if rules.select_policy == "Disabled":
             return current
         limits = []
         for p in rules.policies:
             start = self._period_start(now, current, p.period_seconds)
-            # Percent rounds up, or a small deployment could never grow (the controller's comment).
-            limits.append(start + p.value if p.type == "Pods" else math.ceil(start * (1 + p.value / 100)))
-        return min(limits) if rules.select_policy == "Min" else max(limits)
-
-    def _scale_down_limit(self, now: float, current: int) -> int:
-        rules = self.spec.scale_down
-        if rules.select_policy == "Disabled":
-            return current
-        limits = []
-        for p in rules.policies:
-            start = self._period_start(now, current, p.period_seconds)
-            limits.append(start - p.value if p.type == "Pods" else int(start * (1 - p.value / 100)))
-        # For scaling down, the largest change is the lowest floor.
-        return max(limits) if rules.select_policy == "Min" else min(limits)
+            if p.type == "Pods":
+                limits.append(start + p.value if up else start - p.value)
+            else:  # Percent rounds up going up, or a small deployment could never grow (the controller's comment)
+                limits.append(math.ceil(start * (1 + p.value / 100)) if up else int(start * (1 - p.value / 100)))
+        # "Max" picks the policy allowing the largest change: the highest ceiling, or the lowest floor.
+        widest, narrowest = (max, min) if up else (min, max)
+        return widest(limits) if rules.select_policy == "Max" else narrowest(limits)
