@@ -176,6 +176,7 @@ def _check_08_production_practices(r: dict) -> None:
     assert drill["noticed_at_s"] is not None and drill["noticed_at_s"] - drill["kill_at_s"] < 3
     assert drill["failed_after_notice"] == 0 and drill["failed"] == drill["in_flight_lost"] <= 1 < drill["ok"]
     assert r["recovered_after_s"] < 5 * r["health_interval_s"] + 2
+    assert r["no_replica_status"] == 503 and int(r["no_replica_retry_after"]) >= 1 and r["ready_without_replicas"] == 200
     assert {"gateway_requests", "gateway_replica_up", "gateway_upstream_cancelled"} <= set(r["metric_families"])
     assert r["manifest_problems"] == [] and r["netpol_protects_engines"] and r["netpol_only_gateway_allowed"]
 

@@ -1,0 +1,211 @@
+"""The gateway's HTTP API: the OpenAI routes it forwards, its own probes and metrics.
+
+Order of the checks on a request, cheapest first, so a refused request costs the engines nothing:
+API key (401) -> body size (413) -> JSON (400) -> per-key budgets (429) -> a healthy replica (503)
+-> the engine's answer within the timeout (504), or a failure on every replica tried (502).
+
+``/health`` is the liveness probe (the process and its event loop answer); ``/ready`` the readiness
+probe (the config is loaded and the first round of replica health checks has run). Readiness does
+not require a healthy engine on purpose: if every engine is down, ready gateways still answer 503
+with a clear message and ``Retry-After``, where unready ones would leave the Service without
+endpoints and clients with "connection refused".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from servelab.gateway.audit import AuditLog, AuditRecord
+from servelab.gateway.auth import KeyRing, fingerprint
+from servelab.gateway.config import GatewayConfig, KeyConfig
+from servelab.gateway.errors import ClientGone, GatewayError
+from servelab.gateway.metrics import GatewayMetrics
+from servelab.gateway.proxy import Forwarder
+from servelab.gateway.ratelimit import KeyLimiter, estimate_tokens, prompt_text
+from servelab.gateway.replicas import ReplicaPool
+
+API_PREFIX = "/v1"
+
+
+class AuditMiddleware:
+    """Gives every API request a record and an ``x-request-id``, and writes the record exactly once,
+    after the response is finished or abandoned (see :mod:`servelab.gateway.audit`)."""
+
+    def __init__(self, app: ASGIApp, audit: AuditLog, metrics: GatewayMetrics) -> None:
+        self.app, self.audit, self.metrics = app, audit, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        record = AuditRecord(request_id=uuid.uuid4().hex, method=scope["method"], path=scope["path"])
+        scope.setdefault("state", {})["audit"] = record
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                   (b"x-request-id", record.request_id.encode())]}
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as err:
+            record.status, record.outcome, record.error = 500, "gateway_error", f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+            if record.status is None:  # nothing was sent: the client left first (nginx's 499)
+                record.status, record.outcome = 499, "client_disconnected"
+            record.outcome = record.outcome or ("ok" if record.status < 400 else "error")
+            record.latency_s = round(time.perf_counter() - record.started, 4)
+            self.audit.write(record)
+            self.metrics.observe(record)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
+    too_large = GatewayError(413, (f"Request body is larger than the gateway's limit of {limit} bytes: send a "
+                                   "shorter prompt."), "request_too_large", "too_large")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or a 400 that says where it broke."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GatewayError(400, (f"Request body is not valid JSON ({err}). Send a JSON object such as "
+                                 '{"model": "...", "prompt": "Hello", "max_tokens": 16}.'),
+                           "invalid_json", "bad_request") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, f"Request body must be a JSON object, not a JSON {type(body).__name__}.",
+                           "invalid_json", "bad_request")
+    return body
+
+
+def create_app(config: GatewayConfig) -> FastAPI:
+    """The gateway as an ASGI app (``python -m servelab.gateway`` serves it with uvicorn)."""
+    metrics = GatewayMetrics()
+    audit = AuditLog(config.audit_path)
+    keys = KeyRing(config.all_keys())
+    limiter = KeyLimiter()
+    # No connection cap towards the engines: the pool's max_outstanding_per_replica is the one queue.
+    # Idle connections are dropped after 2 s, before the engines' own keep-alive timeout (uvicorn: 5 s)
+    # can close one just as a request is sent on it. No read timeout here: the forwarder enforces one
+    # deadline over the whole request (queue, answer, every chunk), which a per-read timeout cannot.
+    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
+                               limits=httpx.Limits(max_connections=None, max_keepalive_connections=64,
+                                                   keepalive_expiry=2.0),
+                               trust_env=False)
+    pool = ReplicaPool(config, client, metrics)
+    forwarder = Forwarder(config, pool, client, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        try:
+            yield
+        finally:
+            await pool.stop()
+            await client.aclose()
+            audit.close()
+
+    app = FastAPI(title="servelab gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(AuditMiddleware, audit=audit, metrics=metrics)
+
+    def admit_key(request: Request, record: AuditRecord) -> KeyConfig:
+        authorization = request.headers.get("authorization")
+        try:
+            key = keys.authenticate(authorization)
+        except GatewayError:
+            record.key_fingerprint = fingerprint(authorization)
+            raise
+        record.key_id = key.id
+        return key
+
+    async def guarded(request: Request, handle: Callable[[AuditRecord], Awaitable[Response]]) -> Response:
+        record: AuditRecord = request.state.audit
+        try:
+            return await handle(record)
+        except GatewayError as err:
+            record.outcome, record.error = err.outcome, err.message
+            return err.response()
+        except (ClientGone, ClientDisconnect):  # the client left before its answer was ready
+            record.outcome = "client_disconnected"
+            return Response(status_code=499)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        replicas = {r.name: "up" if r.healthy else "down" for r in pool.replicas}
+        status = 200 if pool.checked_once.is_set() else 503
+        return JSONResponse({"ready": status == 200, "replicas": replicas}, status_code=status)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post(API_PREFIX + "/completions")
+    @app.post(API_PREFIX + "/chat/completions")
+    async def generate(request: Request) -> Response:
+        async def handle(record: AuditRecord) -> Response:
+            key = admit_key(request, record)
+            raw = await read_body(request, config.max_body_bytes)
+            body = parse_json(raw)
+            record.model, record.stream = body.get("model"), bool(body.get("stream"))
+            if config.audit_prompts:
+                record.prompt = prompt_text(body)
+            if "max_tokens" not in body and "max_completion_tokens" not in body:
+                body["max_tokens"] = config.default_max_tokens  # bounds the answer and the token budget
+                raw = json.dumps(body).encode()
+            cost = estimate_tokens(body)
+            limiter.admit(key, cost)
+            record.tokens_charged = cost
+            return await forwarder.forward(request, raw, record.stream, record)
+
+        return await guarded(request, handle)
+
+    @app.get(API_PREFIX + "/models")
+    async def models(request: Request) -> Response:
+        async def handle(record: AuditRecord) -> Response:
+            admit_key(request, record)
+            return await forwarder.forward(request, b"", False, record)
+
+        return await guarded(request, handle)
+
+    @app.api_route(API_PREFIX + "/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    async def unknown(request: Request) -> Response:
+        async def handle(record: AuditRecord) -> Response:
+            admit_key(request, record)
+            raise GatewayError(404, (f"{request.method} {request.url.path} is not served by this gateway: use "
+                                     "/v1/completions, /v1/chat/completions or /v1/models."), "not_found", "not_found")
+
+        return await guarded(request, handle)
+
+    return app
+

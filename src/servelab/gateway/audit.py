@@ -1,0 +1,86 @@
+"""The audit log: one JSON line per request that reached the API, written once, appended only.
+
+What a line holds: time, request id, key id (never the raw key; an unknown key only as a short
+fingerprint), method and path, model, stream or not, HTTP status, ``outcome`` (one word: ok,
+client_disconnected, timeout, rate_limited, ...), tokens in and out, latency, the replica and how
+many replicas were tried, the tokens the rate limiter charged, an error message if any, and the prompt only when ``audit_prompts`` is on
+(prompts may hold personal data; logging them is a decision, not a default).
+
+Why "exactly once" holds: the gateway's ASGI middleware creates the record when a request arrives
+and writes it in a ``finally`` after the response has been sent or abandoned, whatever happened in
+between. Each line goes out in a single ``write`` on a file opened with ``O_APPEND``, so lines never
+interleave and nothing earlier in the file is ever rewritten. With ``path="-"`` lines go to stdout,
+which in Kubernetes is the pod's log, collected by the cluster's log pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class AuditRecord:
+    """What the gateway learned about one request; filled in as the request goes."""
+
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter, repr=False)
+    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    key_id: str | None = None
+    key_fingerprint: str | None = None
+    model: str | None = None
+    stream: bool | None = None
+    status: int | None = None
+    outcome: str | None = None
+    tokens_charged: int | None = None  # what the rate limiter charged at admission (prompt estimate + max_tokens)
+    tokens_in: int | None = None  # as the engine reported (usage.prompt_tokens); streams may not report it
+    tokens_out: int | None = None
+    latency_s: float | None = None
+    replica: str | None = None
+    attempts: int = 0
+    error: str | None = None
+    prompt: str | None = None
+
+    def line(self) -> dict[str, Any]:
+        """The JSON object written to the log (``started`` is a clock reading, not a time: left out)."""
+        data = asdict(self)
+        data.pop("started")
+        if data["prompt"] is None:
+            data.pop("prompt")
+        return data
+
+
+class AuditLog:
+    """Append-only JSONL writer (a file path, or ``"-"`` for stdout)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path == "-":
+            self._fd = sys.stdout.fileno()
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def write(self, record: AuditRecord) -> None:
+        data = (json.dumps(record.line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        os.write(self._fd, data)
+
+    def close(self) -> None:
+        if self.path != "-":
+            os.close(self._fd)
+
+
+def read_audit(path: Path | str) -> list[dict[str, Any]]:
+    """Every line of an audit log, parsed (for notebooks and tests)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,134 @@
+"""The gateway's settings: one YAML file, checked by pydantic before the gateway starts.
+
+Why keys are stored as SHA-256 hashes: the config (a ConfigMap, a file in git, a log of the start-up)
+then never holds a usable key; a leaked config does not leak access. The gateway hashes what a
+client sends and looks the hash up. ``KeyConfig.from_secret`` builds an entry from a raw key.
+
+Keys can also come from a second file (``keys_file``), so that in Kubernetes the settings live in a
+ConfigMap and the keys in a Secret (see manifests/gateway/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from servelab.errors import ServelabError
+
+
+def hash_key(raw: str) -> str:
+    """The SHA-256 hex digest of an API key: what the config stores instead of the key."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class _Strict(BaseModel):
+    # A misspelled setting ("request_timeout" for "request_timeout_s") must fail, not be ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyConfig(_Strict):
+    """One API key: the id the audit log and metrics show, its hash, and its per-minute budgets."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    requests_per_minute: int = Field(60, gt=0)
+    tokens_per_minute: int = Field(20_000, gt=0)
+
+    @classmethod
+    def from_secret(cls, id: str, raw_key: str, **limits: int) -> KeyConfig:
+        """An entry for ``raw_key`` (hashed here; the raw key is not kept)."""
+        return cls(id=id, sha256=hash_key(raw_key), **limits)
+
+
+class ReplicaConfig(_Strict):
+    """One upstream engine: its root URL (no ``/v1``) and the path its health check asks."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    url: str = Field(pattern=r"^https?://")
+    # vLLM and the native llama-server answer /health. llama-cpp-python's server has none, and its
+    # /v1/models waits behind the running request (measured ~3 s during a 150-token answer), which would
+    # mark a busy replica dead; its /docs page is served by the event loop and answers in ~20 ms.
+    health_path: str = "/health"
+
+    @field_validator("url")
+    @classmethod
+    def _no_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+
+class GatewayConfig(_Strict):
+    """Everything the gateway process needs; see data/gateway/config.yaml for a commented example."""
+
+    replicas: list[ReplicaConfig] = Field(min_length=1)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    keys_file: Path | None = None  # more keys, e.g. a mounted Kubernetes Secret
+    request_timeout_s: float = Field(60.0, gt=0)  # whole request, queueing in the gateway included
+    connect_timeout_s: float = Field(2.0, gt=0)
+    health_interval_s: float = Field(1.0, gt=0)
+    health_timeout_s: float = Field(1.0, gt=0)
+    unhealthy_after: int = Field(1, ge=1)  # failed health checks in a row before a replica is taken out
+    max_outstanding_per_replica: int | None = Field(None, ge=1)  # None: send everything, the engine queues
+    max_attempts: int = Field(2, ge=1)  # replicas tried per request when one fails before answering
+    max_body_bytes: int = Field(256 * 1024, gt=0)
+    default_max_tokens: int = Field(256, gt=0)  # set when a request names none, so the token budget is bounded
+    audit_path: str = "results/gateway-audit.jsonl"  # "-" writes the lines to stdout (a pod's log)
+    audit_prompts: bool = False  # prompts may hold personal data: off unless switched on
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        for what, names in (("replica", [r.name for r in self.replicas]), ("key id", [k.id for k in self.keys])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{what} names must be unique; repeated: {dupes}")
+        return self
+
+    def all_keys(self) -> list[KeyConfig]:
+        """``keys`` plus those of ``keys_file`` (a YAML list, or a mapping with a ``keys`` list)."""
+        if self.keys_file is None:
+            return list(self.keys)
+        data = _read_yaml(self.keys_file)
+        entries = data.get("keys", []) if isinstance(data, dict) else data
+        try:
+            extra = [KeyConfig.model_validate(e) for e in entries or []]
+        except ValidationError as err:
+            raise ServelabError(f"{self.keys_file} has an invalid key entry:\n{err}",
+                                "each key needs id, sha256 (servelab gateway hash-key KEY) and optional limits") from None
+        return self.keys + extra
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ServelabError(f"gateway config file {path} does not exist", "check the path (--config)")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ServelabError(f"{path} is not valid YAML: {err}", "fix the line it names") from None
+
+
+def load_config(path: Path | str) -> GatewayConfig:
+    """Read and check a gateway config; a mistake is a ServelabError naming the field."""
+    path = Path(path)
+    try:
+        config = GatewayConfig.model_validate(_read_yaml(path) or {})
+    except ValidationError as err:
+        raise ServelabError(f"{path} is not a valid gateway config:\n{err}",
+                            "compare it with data/gateway/config.yaml") from None
+    if config.keys_file is not None and not config.keys_file.is_absolute():
+        config.keys_file = path.parent / config.keys_file
+    ids = [k.id for k in config.all_keys()]
+    if len(set(ids)) != len(ids) or not ids:
+        raise ServelabError(f"{path}: key ids must be unique and at least one key is needed (found {ids})",
+                            "give every key its own id")
+    return config
+
+
+def write_config(config: GatewayConfig, path: Path | str) -> Path:
+    """Save ``config`` as YAML (what ``start_gateway`` hands to the gateway process)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
