@@ -64,3 +64,14 @@ def test_a_broken_file_fails_with_a_clear_message(tmp_path: Path) -> None:
     bad.write_bytes(b"not a gguf")
     with pytest.raises(ServelabError, match="measuring broken failed"):
         quantize.measure_level("broken", bad, HELDOUT, timeout_s=120)
+
+
+def test_cli_makes_the_ladder_and_refuses_an_unknown_level() -> None:
+    from typer.testing import CliRunner
+
+    from servelab.cli import app
+
+    made = CliRunner().invoke(app, ["quantize", "Q8_0", "--no-measure"])
+    assert made.exit_code == 0 and "Q8_0.gguf" in made.output
+    bad = CliRunner().invoke(app, ["quantize", "Q9", "--no-measure"])
+    assert bad.exit_code == 1 and "unknown quantization level 'Q9'" in bad.output and "Q4_K_M" in bad.output
