@@ -29,7 +29,7 @@ EngineKind = Literal["vllm", "llamacpp"]
 class VLLMOptions:
     """The vLLM flags a learner tunes; each maps to one command-line flag or environment variable."""
 
-    dtype: str = "float32"  # AVX2-only CPUs: fp32 measured ~4x faster than bf16 at batch 16
+    dtype: str = "float32"  # portable; bf16 is ~4x slower on AVX2-only CPUs, faster with AMX (notebook 04)
     max_model_len: int = 2048
     enforce_eager: bool = True  # skip torch.compile: ready in ~60 s instead of ~200 s on 2 cores
     kv_cache_gib: float = 1.0  # CPU: VLLM_CPU_KVCACHE_SPACE
