@@ -16,18 +16,15 @@ alert fires; production values are around 30 s / 5 m / 4 h (Alertmanager's own d
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from servelab.errors import ServelabError
-from servelab.paths import find_binary, logs_dir, results_dir
-from servelab.procs import ManagedServer, free_port, tail
+from servelab.paths import find_binary, logs_dir
+from servelab.procs import ManagedServer, ScratchServer, free_port, scratch_folder, tail
 
 __all__ = ["ALERTMANAGER_MISSING_FIX", "AlertmanagerServer", "alertmanager_config", "find_alertmanager",
            "start_alertmanager"]
@@ -64,14 +61,8 @@ def alertmanager_config(receiver_url: str, group_by: Sequence[str] = ("alertname
     }
 
 
-class AlertmanagerServer(ManagedServer):
+class AlertmanagerServer(ScratchServer):
     """A running Alertmanager; deletes its scratch folder (config, notification log) on ``stop()``."""
-
-    def __init__(self, workdir: Path, config_path: Path, keep_files: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.workdir = workdir
-        self.config_path = config_path
-        self.keep_files = keep_files
 
     @property
     def address(self) -> str:
@@ -114,14 +105,6 @@ class AlertmanagerServer(ManagedServer):
                             f"(it lists {active or 'none'})",
                             "start Prometheus with start_prometheus(..., alertmanagers=[alertmanager.address])")
 
-    def stop(self, grace: float = 15.0) -> None:
-        super().stop(grace)
-        if not self.keep_files:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> AlertmanagerServer:
-        return self
-
 
 def start_alertmanager(receiver_url: str, group_by: Sequence[str] = ("alertname",), group_wait: str = "1s",
                        group_interval: str = "2s", repeat_interval: str = "1h", ready_timeout: float = 30,
@@ -137,23 +120,11 @@ def start_alertmanager(receiver_url: str, group_by: Sequence[str] = ("alertname"
     binary = find_alertmanager()
     config = alertmanager_config(receiver_url, group_by, group_wait, group_interval, repeat_interval)
     port = port or free_port()
-    workdir = results_dir() / f"alertmanager-{port}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    (workdir / "data").mkdir(parents=True)
-    config_path = workdir / "alertmanager.yml"
-    config_path.write_text("# written by servelab.alertmanager.start_alertmanager; deleted on stop()\n"
-                           + yaml.safe_dump(config, sort_keys=False))
+    workdir, config_path = scratch_folder("alertmanager", port, "alertmanager.yml", config,
+                                          "servelab.alertmanager.start_alertmanager")
     command = [binary, f"--config.file={config_path}", f"--storage.path={workdir / 'data'}",
                f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
-    server = AlertmanagerServer(
+    return AlertmanagerServer(
         workdir=workdir, config_path=config_path, keep_files=keep_files, name="Alertmanager", command=command,
         port=port, log_path=logs_dir() / f"alertmanager-{port}-{int(time.time())}.log", ready_path="/-/ready",
-    )
-    server.start()
-    try:
-        server.wait_ready(ready_timeout)
-    except ServelabError:
-        if not keep_files:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return server
+    ).launch(ready_timeout)

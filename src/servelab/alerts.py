@@ -70,6 +70,15 @@ PROMTOOL_MISSING_FIX = "install it: sudo apt-get install prometheus or conda ins
 _PLACEHOLDER = re.compile(r"(?<!\{)\{([a-z][a-z0-9_]*)\}(?!\})")
 _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 _RULE_NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration (``15s``, ``1m30s``) in seconds, or an error saying how to write one."""
+    if not _DURATION.match(str(text)):
+        raise ServelabError(f"{text!r} is not a Prometheus duration", "write e.g. 2s, 15s, 1m")
+    return sum(int(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(str(text)))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, HttpUrl, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from servelab.errors import ServelabError
-from servelab.paths import repo_root, results_dir
+from servelab import results
+from servelab.paths import repo_root
 
 Market = Literal["on_demand", "spot"]
 
@@ -334,7 +335,7 @@ class LoadedResults:
 def load_results(notebook: str, required: Sequence[str] = ()) -> LoadedResults:
     """This run's ``results/<notebook>.json`` when it holds ``required``; otherwise the kit's reference copy
     (measured on the reference machine, see data/reference/measured/README.md); otherwise say what to run."""
-    for path, this_run in ((results_dir() / f"{notebook}.json", True),
+    for path, this_run in ((results.path_for(notebook), True),
                            (reference_results_dir() / f"{notebook}.json", False)):
         if path.is_file():
             data = json.loads(path.read_text())

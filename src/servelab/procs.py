@@ -13,17 +13,21 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Self
 
 import httpx
 import psutil
+import yaml
 
 from servelab.errors import ServelabError
+from servelab.paths import results_dir
 
 MARKER = "SERVELAB_MANAGED"
 SESSION_VAR = "SERVELAB_SESSION"
@@ -168,6 +172,57 @@ class ManagedServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<{type(self).__name__} {self.name} {self.url} {state}>"
+
+
+class ScratchServer(ManagedServer):
+    """A server whose config and data live in a throw-away folder, ``results/<kind>-<port>/``.
+
+    Prometheus and Alertmanager both work this way in the kit: the folder is made fresh by
+    :func:`scratch_folder` (a stale one of an earlier run on the same port is removed first), and
+    deleted again when the server stops, or when it never became ready, unless ``keep_files``.
+    The log lives outside it, in ``results/logs/``, and stays.
+    """
+
+    def __init__(self, workdir: Path, config_path: Path, keep_files: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.workdir = workdir
+        self.config_path = config_path
+        self.keep_files = keep_files
+
+    def launch(self, ready_timeout: float) -> Self:
+        """Start and wait until ready; a server that fails to get there leaves no folder behind."""
+        self.start()
+        try:
+            self.wait_ready(ready_timeout)
+        except ServelabError:
+            self._remove_files()
+            raise
+        return self
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the process group, then delete the scratch folder (unless ``keep_files``); the log stays."""
+        super().stop(grace)
+        self._remove_files()
+
+    def _remove_files(self) -> None:
+        if not self.keep_files:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+
+def scratch_folder(kind: str, port: int, config_name: str, config: Mapping[str, Any], written_by: str) -> tuple[Path, Path]:
+    """Make ``results/<kind>-<port>/`` afresh with an empty ``data/`` and ``config`` as YAML in ``config_name``.
+
+    Returns ``(folder, config file)``; the file's first line says which function wrote it.
+    """
+    workdir = results_dir() / f"{kind}-{port}"
+    shutil.rmtree(workdir, ignore_errors=True)  # a stale folder of an earlier run on this port
+    (workdir / "data").mkdir(parents=True)
+    config_path = workdir / config_name
+    config_path.write_text(f"# written by {written_by}; deleted on stop()\n" + yaml.safe_dump(dict(config), sort_keys=False))
+    return workdir, config_path
 
 
 def _group_members(pgid: int) -> list[psutil.Process]:

@@ -23,7 +23,6 @@ Typical use::
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -32,11 +31,11 @@ from typing import Any, Literal
 
 import httpx
 import pandas as pd
-import yaml
 
+from servelab.alerts import duration_seconds
 from servelab.errors import ServelabError
-from servelab.paths import find_binary, logs_dir, results_dir
-from servelab.procs import ManagedServer, free_port, tail
+from servelab.paths import find_binary, logs_dir
+from servelab.procs import ScratchServer, free_port, scratch_folder, tail
 
 __all__ = [
     "ALERT_STATES",
@@ -52,7 +51,6 @@ AlertState = Literal["inactive", "pending", "firing"]
 ALERT_STATES: tuple[AlertState, ...] = ("inactive", "pending", "firing")  # ordered: each one is "further"
 PROMETHEUS_MISSING_FIX = ("install it: sudo apt-get install prometheus (Debian/Ubuntu) or "
                           "conda install -c conda-forge prometheus")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
 def find_prometheus() -> str:
@@ -61,29 +59,6 @@ def find_prometheus() -> str:
     if found:
         return found
     raise ServelabError("the prometheus server binary is not installed", PROMETHEUS_MISSING_FIX)
-
-
-def _seconds(duration: str | float) -> float:
-    """A Prometheus duration ("2s", "1m30s") or a number of seconds, as seconds."""
-    if isinstance(duration, (int, float)):
-        return float(duration)
-    total, number = 0.0, ""
-    text = duration.strip()
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            number += text[i]
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else text[i]
-        if unit not in _DURATION_UNITS or not number:
-            raise ServelabError(f"{duration!r} is not a Prometheus duration", "write e.g. 2s, 15s, 1m")
-        total += float(number) * _DURATION_UNITS[unit]
-        number = ""
-        i += len(unit)
-    if number:  # a bare number: seconds
-        total += float(number)
-    return total
 
 
 def prometheus_config(targets: Mapping[str, Sequence[str]], rule_files: Sequence[str | Path],
@@ -118,17 +93,13 @@ def prometheus_config(targets: Mapping[str, Sequence[str]], rule_files: Sequence
     return config
 
 
-class PrometheusServer(ManagedServer):
+class PrometheusServer(ScratchServer):
     """A running Prometheus with helpers for the parts of its HTTP API a notebook uses."""
 
-    def __init__(self, workdir: Path, config_path: Path, targets: Mapping[str, Sequence[str]],
-                 rule_files: Sequence[Path], keep_files: bool = False, **kwargs: Any) -> None:
+    def __init__(self, targets: Mapping[str, Sequence[str]], rule_files: Sequence[Path], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.workdir = workdir
-        self.config_path = config_path
         self.targets = {job: list(addresses) for job, addresses in targets.items()}
         self.rule_files = list(rule_files)
-        self.keep_files = keep_files
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -152,15 +123,6 @@ class PrometheusServer(ManagedServer):
                                 f"{body.get('errorType')}: {body.get('error')}",
                                 "check the PromQL (metric names, brackets, durations)")
         return body.get("data")
-
-    def stop(self, grace: float = 15.0) -> None:
-        """Stop the process group, then delete the TSDB and config (unless ``keep_files``); the log stays."""
-        super().stop(grace)
-        if not self.keep_files:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> PrometheusServer:
-        return self
 
     # --- queries ----------------------------------------------------------------------------------
 
@@ -347,7 +309,7 @@ def start_prometheus(
     """
     binary = find_prometheus()
     for value in (scrape_interval, evaluation_interval):
-        if _seconds(value) <= 0:
+        if duration_seconds(value) <= 0:
             raise ServelabError(f"interval {value!r} must be positive", "write e.g. 2s or 15s")
     files = [Path(p) for p in rule_files]
     for path in files:
@@ -356,25 +318,13 @@ def start_prometheus(
                                 "write one with servelab.alerts.write_rules_file(path, thresholds, interval)")
     config = prometheus_config(targets, files, scrape_interval, evaluation_interval, alertmanagers)
     port = port or free_port()
-    workdir = results_dir() / f"prometheus-{port}"
-    shutil.rmtree(workdir, ignore_errors=True)  # a stale TSDB of an earlier run on this port
-    (workdir / "data").mkdir(parents=True)
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text("# written by servelab.prometheus.start_prometheus; deleted on stop()\n"
-                           + yaml.safe_dump(config, sort_keys=False))
+    workdir, config_path = scratch_folder("prometheus", port, "prometheus.yml", config,
+                                          "servelab.prometheus.start_prometheus")
     command = [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d",
                "--log.level=warn"]
-    server = PrometheusServer(
+    return PrometheusServer(
         workdir=workdir, config_path=config_path, targets=targets, rule_files=files, keep_files=keep_files,
         name="Prometheus", command=command, port=port,
         log_path=logs_dir() / f"prometheus-{port}-{int(time.time())}.log", ready_path="/-/ready",
-    )
-    server.start()
-    try:
-        server.wait_ready(ready_timeout)
-    except ServelabError:
-        if not server.keep_files:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return server
+    ).launch(ready_timeout)

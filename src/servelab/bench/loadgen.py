@@ -341,30 +341,16 @@ def _first_leaf(err: BaseException) -> BaseException:
     return err
 
 
-def run_benchmark(
-    base_url: str,
-    model: str,
-    workload: Workload,
-    concurrency: int | None = None,
-    request_rate: float | None = None,
-    burstiness: float = 1.0,
-    num_requests: int | None = 100,
-    duration_s: float | None = None,
-    warmup: int = 2,
-    timeout_s: float = 60.0,
-    endpoint: Endpoint = "completions",
-    progress: bool = True,
-    seed: int = 0,
-    **options: Any,
-) -> BenchResult:
+def run_benchmark(base_url: str, model: str, workload: Workload, **options: Any) -> BenchResult:
     """Benchmark an OpenAI-compatible server and return every request's record plus the summary.
 
-    ``base_url`` is the API root (``engine.base_url``, ending in ``/v1``). Give ``concurrency`` for a
-    closed loop, ``request_rate`` (req/s) for an open loop (``concurrency`` then caps requests in
-    flight), neither for one request at a time. The run ends after ``num_requests`` requests or
+    ``base_url`` is the API root (``engine.base_url``, ending in ``/v1``). ``options`` are the keywords
+    of :func:`run_benchmark_async` (one list of defaults for both). Give ``concurrency`` for a closed
+    loop, ``request_rate`` (req/s) for an open loop (``concurrency`` then caps requests in flight),
+    neither for one request at a time. The run ends after ``num_requests`` requests (default 100) or
     ``duration_s`` seconds, whichever comes first; requests in flight then finish (each bounded by
-    ``timeout_s``). ``options``: ``slo_ttft_s``, ``slo_tpot_s`` (goodput), ``api_key``,
-    ``health_check``, ``max_connect_failures``.
+    ``timeout_s``, default 60). Also: ``warmup``, ``burstiness``, ``endpoint``, ``progress``, ``seed``,
+    ``slo_ttft_s``, ``slo_tpot_s`` (goodput), ``api_key``, ``health_check``, ``max_connect_failures``.
 
     Works in a plain script and in Jupyter, whose event loop is already running: there the run goes
     to a worker thread with its own loop; interrupting the kernel stops new requests from being sent.
@@ -372,10 +358,7 @@ def run_benchmark(
     stop = threading.Event()
 
     def start() -> BenchResult:
-        return asyncio.run(run_benchmark_async(
-            base_url, model, workload, concurrency=concurrency, request_rate=request_rate,
-            burstiness=burstiness, num_requests=num_requests, duration_s=duration_s, warmup=warmup,
-            timeout_s=timeout_s, endpoint=endpoint, progress=progress, seed=seed, stop=stop, **options))
+        return asyncio.run(run_benchmark_async(base_url, model, workload, stop=stop, **options))
 
     try:
         asyncio.get_running_loop()
