@@ -6,7 +6,7 @@ names exist, and VLLMQueueBacklog goes pending, then firing under load, and reso
 The rules are the kit's own, rendered with quick thresholds (queue > 2 for 6s, 2s intervals);
 vLLM runs with --max-num-seqs 2 so 12 users build a queue on 2 cores.
 
-About 2 minutes on 2 cores (vLLM start ~40 s, 40 s of load, the queue draining, the server-down check).
+About 2.5 minutes on 2 cores (vLLM start ~40 s, 60 s of load, the queue draining, the server-down check).
 The tests share one vLLM and one Prometheus and run in file order; the last one stops vLLM.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,11 +24,13 @@ from servelab import alerts, paths, prometheus
 from servelab.bench import BenchResult, fixed_workload, run_benchmark
 from servelab.engines import Engine, VLLMOptions, start_vllm
 from servelab.errors import ServelabError
+from servelab.metrics import MetricsRecorder
+from servelab.procs import tail
 from servelab.prometheus import PrometheusServer, start_prometheus
 
 JOB = "vllm"
 QUICK = {"queue_threshold": 2, "queue_for": "6s", "job_regex": JOB, "server_down_for": "4s"}
-LOAD_USERS, LOAD_SECONDS, OUTPUT_TOKENS = 12, 40, 64
+LOAD_USERS, LOAD_SECONDS, OUTPUT_TOKENS = 12, 60, 64
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +80,45 @@ def test_bad_promql_and_unknown_alert_fail_fast(prom: PrometheusServer) -> None:
     assert time.perf_counter() - began < 10
 
 
+def _scrape_health(prom: PrometheusServer, start: float, end: float) -> str:
+    """How Prometheus' scrapes of vLLM went between ``start`` and ``end``: a failed scrape makes the
+    series stale and resolves (or never starts) an alert, so this is the first thing to read."""
+    up = prom.query_range("up", start, end, step="1s")["value"]
+    slowest = prom.query_range("scrape_duration_seconds", start, end, step="1s")["value"]
+    return (f"up min {up.min() if len(up) else float('nan'):.0f} over {len(up)} points, slowest scrape "
+            f"{slowest.max() if len(slowest) else float('nan'):.2f} s, targets now {prom.target_health()}")
+
+
+def _explain(prom: PrometheusServer, engine: Engine, load: Future[BenchResult], direct: MetricsRecorder,
+             started: float) -> str:
+    """Everything needed to tell a broken rule from a starved scrape or a load that never ran."""
+    now = time.time()
+    queue = prom.query_range("sum(vllm:num_requests_waiting)", started, now, step="2s")["value"].tolist()
+    state = "running" if not load.done() else f"finished ({load.exception()!r})" if load.exception() else "finished"
+    seen = direct.frame()
+    return (f"\n  load: {state}\n  vLLM's own /metrics every 0.5 s (no Prometheus): max waiting "
+            f"{seen['vllm:num_requests_waiting'].max()}, max running {seen['vllm:num_requests_running'].max()}, "
+            f"{len(seen)} reads, {direct.failed} failed\n  Prometheus' waiting series (2 s steps): {queue}"
+            f"\n  scrapes: {_scrape_health(prom, started, now)}\n  vLLM log:\n{tail(engine.log_path, 12)}")
+
+
 @pytest.mark.engines
 def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: PrometheusServer) -> None:
+    prom.wait_for_targets(timeout_s=30)  # a first scrape happened, whichever test ran before
     workload = fixed_workload(input_tokens=32, output_tokens=OUTPUT_TOKENS, engine_kind=engine.kind)
     started = time.time()
+    names = ["vllm:num_requests_waiting", "vllm:num_requests_running"]
     # Leaving the `with` waits for the load (bounded by LOAD_SECONDS and the request timeout) even
     # when an assertion fails, so no request is still in flight when the next test stops vLLM.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool, \
+            MetricsRecorder(engine.url + "/metrics", names) as direct:
         load = pool.submit(run_benchmark, engine.base_url, engine.served_model, workload, concurrency=LOAD_USERS,
-                           num_requests=200, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
-        to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=45)
-        to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=45)
+                           num_requests=1000, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
+        try:
+            to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=LOAD_SECONDS - 15)
+            to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=LOAD_SECONDS - 15)
+        except ServelabError as err:
+            pytest.fail(f"{err}{_explain(prom, engine, load, direct, started)}")
         active = [a for a in prom.alerts() if a["labels"]["alertname"] == "VLLMQueueBacklog"]
         assert active[0]["state"] == "firing" and active[0]["labels"]["severity"] == "warning"
         assert float(active[0]["value"]) > QUICK["queue_threshold"]
@@ -112,12 +142,10 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
     assert queue["value"].max() > QUICK["queue_threshold"]
     # Inactive, pending, firing first; resolved at the end. A further pending/firing cycle in between is
     # Prometheus' documented behaviour, not a rule bug: when a scrape fails (vLLM's API server starved
-    # on a saturated 2-core machine past the 2 s scrape timeout) the series go stale, the expression
-    # is empty and the alert resolves at once. It happened once in CI; the scrape health is printed
-    # so a flap can be told apart from a broken rule.
-    up = prom.query_range("up", started, ended, step="1s")["value"]
-    slowest = prom.query_range("scrape_duration_seconds", started, ended, step="1s")["value"].max()
-    print(f"alert runs {runs}; during the load up was min {up.min():.0f}, slowest scrape {slowest:.2f} s")
+    # on a saturated 2-core machine past the scrape timeout) the series go stale, the expression is
+    # empty and the alert resolves at once. The scrape health is printed so a flap can be told apart
+    # from a broken rule.
+    print(f"alert runs {runs}; during the load: {_scrape_health(prom, started, ended)}")
     assert runs[:3] == [0, 1, 2] and runs[-1] == 0, runs
 
 
