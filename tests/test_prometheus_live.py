@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from servelab import alerts, paths, prometheus
+from servelab import alerts, metrics, paths, prometheus
 from servelab.bench import BenchResult, fixed_workload, run_benchmark
 from servelab.engines import Engine, VLLMOptions, start_vllm
 from servelab.errors import ServelabError
-from servelab.metrics import MetricsRecorder
 from servelab.procs import tail
 from servelab.prometheus import PrometheusServer, start_prometheus
 
@@ -89,36 +88,45 @@ def _scrape_health(prom: PrometheusServer, start: float, end: float) -> str:
             f"{slowest.max() if len(slowest) else float('nan'):.2f} s, targets now {prom.target_health()}")
 
 
-def _explain(prom: PrometheusServer, engine: Engine, load: Future[BenchResult], direct: MetricsRecorder,
-             started: float) -> str:
-    """Everything needed to tell a broken rule from a starved scrape or a load that never ran."""
-    now = time.time()
+def _explain(prom: PrometheusServer, engine: Engine, load: Future[BenchResult], direct: metrics.MetricsRecorder,
+             started: float, started_monotonic: float) -> str:
+    """Everything needed to tell a broken rule from a starved scrape, a clock step or a load that never ran."""
+    now, now_monotonic = time.time(), time.monotonic()
     queue = prom.query_range("sum(vllm:num_requests_waiting)", started, now, step="2s")["value"].tolist()
     state = "running" if not load.done() else f"finished ({load.exception()!r})" if load.exception() else "finished"
     seen = direct.frame()
+    # Prometheus' own counters: samples dropped as out of order or out of bounds (a wall-clock step),
+    # rule evaluations missed or failed, and when the rules were last evaluated.
+    keys = ("scrapes_sample_out_of", "sample_duplicate_timestamp", "iterations_missed", "evaluation_failures",
+            "last_evaluation_timestamp")
+    own = {name: value for name, _, value in metrics.samples(metrics.scrape(prom.url + "/metrics"))
+           if any(key in name for key in keys)}
+    clock_step = (now - started) - (now_monotonic - started_monotonic)
     return (f"\n  load: {state}\n  vLLM's own /metrics every 0.5 s (no Prometheus): max waiting "
             f"{seen['vllm:num_requests_waiting'].max()}, max running {seen['vllm:num_requests_running'].max()}, "
             f"{len(seen)} reads, {direct.failed} failed\n  Prometheus' waiting series (2 s steps): {queue}"
-            f"\n  scrapes: {_scrape_health(prom, started, now)}\n  vLLM log:\n{tail(engine.log_path, 12)}")
+            f"\n  scrapes: {_scrape_health(prom, started, now)}\n  wall clock minus monotonic clock since the "
+            f"start: {clock_step:+.2f} s; now {now:.1f}\n  Prometheus' own counters: {own}"
+            f"\n  vLLM log:\n{tail(engine.log_path, 12)}")
 
 
 @pytest.mark.engines
 def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: PrometheusServer) -> None:
     prom.wait_for_targets(timeout_s=30)  # a first scrape happened, whichever test ran before
     workload = fixed_workload(input_tokens=32, output_tokens=OUTPUT_TOKENS, engine_kind=engine.kind)
-    started = time.time()
+    started, started_monotonic = time.time(), time.monotonic()
     names = ["vllm:num_requests_waiting", "vllm:num_requests_running"]
     # Leaving the `with` waits for the load (bounded by LOAD_SECONDS and the request timeout) even
     # when an assertion fails, so no request is still in flight when the next test stops vLLM.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool, \
-            MetricsRecorder(engine.url + "/metrics", names) as direct:
+            metrics.MetricsRecorder(engine.url + "/metrics", names) as direct:
         load = pool.submit(run_benchmark, engine.base_url, engine.served_model, workload, concurrency=LOAD_USERS,
                            num_requests=1000, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
         try:
             to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=LOAD_SECONDS - 15)
             to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=LOAD_SECONDS - 15)
         except ServelabError as err:
-            pytest.fail(f"{err}{_explain(prom, engine, load, direct, started)}")
+            pytest.fail(f"{err}{_explain(prom, engine, load, direct, started, started_monotonic)}")
         active = [a for a in prom.alerts() if a["labels"]["alertname"] == "VLLMQueueBacklog"]
         assert active[0]["state"] == "firing" and active[0]["labels"]["severity"] == "warning"
         assert float(active[0]["value"]) > QUICK["queue_threshold"]
