@@ -3,7 +3,6 @@ the seed's 100 QPS check, the results fallback, and the `servelab cost` CLI."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -109,27 +108,6 @@ def test_seed_100qps_example_is_checked_not_repeated() -> None:
     assert check.loc["saving vs 10 A100", "recomputed"] == "40%"
     short = cost.check_seed_example(claims.example, cost.load_prices(), 4800, 64, 1.0).set_index("claim")
     assert short.loc["A100s for 100 QPS", "holds"] and short.loc["saving vs 10 A100", "holds"]
-
-
-def test_load_results_prefers_this_run_then_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SERVELAB_RESULTS", str(tmp_path))
-    loaded = cost.load_results("05_benchmarking", required=["closed"])
-    assert not loaded.from_this_run and "not this run" in loaded.label
-    assert loaded.path == cost.reference_results_dir() / "05_benchmarking.json"
-    (tmp_path / "05_benchmarking.json").write_text(json.dumps({"closed": [], "profile": "quick"}))
-    assert cost.load_results("05_benchmarking", required=["closed"]).from_this_run
-    # This run's file without the needed figures falls back to the reference copy.
-    assert not cost.load_results("05_benchmarking", required=["closed", "levels"]).from_this_run
-    with pytest.raises(ServelabError, match="run notebooks/99_nothing.ipynb"):
-        cost.load_results("99_nothing")
-
-
-def test_reference_results_are_shipped_with_a_readme() -> None:
-    ref = cost.reference_results_dir()
-    assert (ref / "README.md").is_file()
-    bench = json.loads((ref / "05_benchmarking.json").read_text())
-    assert bench["closed"] and bench["profile"] and bench["device"]
-    assert json.loads((ref / "00_preflight.json").read_text())["vllm_ready_s"] > 0
 
 
 def test_cli_cost_prints_price_source_and_fleet() -> None:

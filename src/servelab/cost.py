@@ -9,7 +9,6 @@ measurement or parameter it rests on, so a claim such as "spot saves 70%" become
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,10 +33,6 @@ def prices_path() -> Path:
 
 def seed_claims_path() -> Path:
     return repo_root() / "data" / "pricing" / "seed_cost_claims.yaml"
-
-
-def reference_results_dir() -> Path:
-    return repo_root() / "data" / "reference" / "measured"
 
 
 class PriceQuote(BaseModel):
@@ -313,33 +308,3 @@ def check_seed_example(example: SeedExample, book: PriceBook, tokens_per_s_per_g
     ]
     return pd.DataFrame(rows, columns=["claim", "seed", "recomputed", "holds", "why"])
 
-
-# ---- Results: this run's, or the shipped reference, always labelled ----
-
-@dataclass(frozen=True)
-class LoadedResults:
-    notebook: str
-    data: dict
-    path: Path
-    from_this_run: bool
-
-    @property
-    def label(self) -> str:
-        if self.from_this_run:
-            return (f"measured in this run ({self.path.name}, profile {self.data.get('profile')}, "
-                    f"{self.data.get('updated')})")
-        return (f"reference results from data/reference/measured (not this run): {self.path.name}, "
-                f"profile {self.data.get('profile')}, {self.data.get('updated')}")
-
-
-def load_results(notebook: str, required: Sequence[str] = ()) -> LoadedResults:
-    """This run's ``results/<notebook>.json`` when it holds ``required``; otherwise the kit's reference copy
-    (measured on the reference machine, see data/reference/measured/README.md); otherwise say what to run."""
-    for path, this_run in ((results.path_for(notebook), True),
-                           (reference_results_dir() / f"{notebook}.json", False)):
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if all(key in data for key in required):
-                return LoadedResults(notebook, data, path, this_run)
-    raise ServelabError(f"No results from {notebook} with {', '.join(required) or 'any figures'} "
-                        "(neither this run's nor a reference copy).", f"run notebooks/{notebook}.ipynb first")
