@@ -6,7 +6,7 @@ names exist, and VLLMQueueBacklog goes pending, then firing under load, and reso
 The rules are the kit's own, rendered with quick thresholds (queue > 2 for 6s, 2s intervals);
 vLLM runs with --max-num-seqs 2 so 12 users build a queue on 2 cores.
 
-About 2.5 minutes on 2 cores (vLLM start ~40 s, 60 s of load, the queue draining, the server-down check).
+About 3 minutes on 2 cores (vLLM start ~40 s, 90 s of load, the queue draining, the server-down check).
 The tests share one vLLM and one Prometheus and run in file order; the last one stops vLLM.
 """
 
@@ -29,7 +29,9 @@ from servelab.prometheus import PrometheusServer, start_prometheus
 
 JOB = "vllm"
 QUICK = {"queue_threshold": 2, "queue_for": "6s", "job_regex": JOB, "server_down_for": "4s"}
-LOAD_USERS, LOAD_SECONDS, OUTPUT_TOKENS = 12, 60, 64
+# 90 s of load although the alert fires within ~10 s here: a scrape that fails (a starved 2-core CI
+# machine) resets the alert, and the long window lets it go pending and firing again before the load ends.
+LOAD_USERS, LOAD_SECONDS, OUTPUT_TOKENS = 12, 90, 64
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +125,13 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
         load = pool.submit(run_benchmark, engine.base_url, engine.served_model, workload, concurrency=LOAD_USERS,
                            num_requests=1000, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
         try:
-            to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=LOAD_SECONDS - 15)
-            to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=LOAD_SECONDS - 15)
+            to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=LOAD_SECONDS - 20)
+            to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing",
+                                                         timeout_s=LOAD_SECONDS - 10 - to_pending)
         except ServelabError as err:
             pytest.fail(f"{err}{_explain(prom, engine, load, direct, started, started_monotonic)}")
         active = [a for a in prom.alerts() if a["labels"]["alertname"] == "VLLMQueueBacklog"]
+        assert active, f"VLLMQueueBacklog resolved right after firing{_explain(prom, engine, load, direct, started, started_monotonic)}"
         assert active[0]["state"] == "firing" and active[0]["labels"]["severity"] == "warning"
         assert float(active[0]["value"]) > QUICK["queue_threshold"]
         assert engine.served_model in active[0]["annotations"]["summary"]
@@ -148,13 +152,13 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
     runs = [level for level, _ in itertools.groupby(timeline["level"])]
     queue = prom.query_range("sum(vllm:num_requests_waiting)", started, ended, step="2s")
     assert queue["value"].max() > QUICK["queue_threshold"]
-    # Inactive, pending, firing first; resolved at the end. A further pending/firing cycle in between is
-    # Prometheus' documented behaviour, not a rule bug: when a scrape fails (vLLM's API server starved
-    # on a saturated 2-core machine past the scrape timeout) the series go stale, the expression is
-    # empty and the alert resolves at once. The scrape health is printed so a flap can be told apart
-    # from a broken rule.
+    # Inactive before the load, then pending followed by firing, and resolved at the end. Further
+    # pending/firing cycles in between are Prometheus' documented behaviour, not a rule bug: when a
+    # scrape fails (vLLM's API server starved on a saturated 2-core machine past the scrape timeout)
+    # the series go stale, the expression is empty and the alert resolves at once. The scrape health
+    # is printed so a flap can be told apart from a broken rule.
     print(f"alert runs {runs}; during the load: {_scrape_health(prom, started, ended)}")
-    assert runs[:3] == [0, 1, 2] and runs[-1] == 0, runs
+    assert runs[0] == 0 and runs[-1] == 0 and any(runs[i:i + 2] == [1, 2] for i in range(len(runs))), runs
 
 
 @pytest.mark.engines
