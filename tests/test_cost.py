@@ -1,5 +1,5 @@
 """servelab.cost: the $/1M tokens formula with hand-computed numbers, the price file's validation, the levers,
-the seed's 100 QPS check, the results fallback, and the `servelab cost` CLI."""
+the seed's 100 QPS check, and the `servelab cost` CLI."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, HttpUrl, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from servelab.errors import ServelabError
-from servelab import results
 from servelab.paths import repo_root
 
 Market = Literal["on_demand", "spot"]
