@@ -124,14 +124,18 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
             metrics.MetricsRecorder(engine.url + "/metrics", names) as direct:
         load = pool.submit(run_benchmark, engine.base_url, engine.served_model, workload, concurrency=LOAD_USERS,
                            num_requests=1000, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
+
+        def explain() -> str:
+            return _explain(prom, engine, load, direct, started, started_monotonic)
+
         try:
             to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=LOAD_SECONDS - 20)
             to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing",
                                                          timeout_s=LOAD_SECONDS - 10 - to_pending)
         except ServelabError as err:
-            pytest.fail(f"{err}{_explain(prom, engine, load, direct, started, started_monotonic)}")
+            pytest.fail(f"{err}{explain()}")
         active = [a for a in prom.alerts() if a["labels"]["alertname"] == "VLLMQueueBacklog"]
-        assert active, f"VLLMQueueBacklog resolved right after firing{_explain(prom, engine, load, direct, started, started_monotonic)}"
+        assert active, f"VLLMQueueBacklog resolved right after firing{explain()}"
         assert active[0]["state"] == "firing" and active[0]["labels"]["severity"] == "warning"
         assert float(active[0]["value"]) > QUICK["queue_threshold"]
         assert engine.served_model in active[0]["annotations"]["summary"]
