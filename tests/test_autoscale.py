@@ -1,4 +1,4 @@
-"""servelab.autoscale against the Kubernetes HPA documentation's worked examples and defaults
+"""servelab.k8s.autoscale against the Kubernetes HPA documentation's worked examples and defaults
 (https://kubernetes.io/docs/tasks/run-application/horizontal-pod-autoscale/) and the controller's rules."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from servelab.autoscale import (
+from servelab.errors import ServelabError
+from servelab.k8s.autoscale import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
     HorizontalPodAutoscaler,
@@ -18,7 +19,6 @@ from servelab.autoscale import (
     external_average_value_replicas,
     pods_metric_replicas,
 )
-from servelab.errors import ServelabError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -29,16 +29,29 @@ from servelab.errors import ServelabError
 from servelab.procs import free_port
 
 
-def ok(index: int, ttft: float, tpot: float | None = None, e2e: float | None = None, tokens: int = 10,
-       itl: list[float] | None = None) -> RequestRecord:
-    return RequestRecord(index=index, start_s=float(index), status="ok", ttft_s=ttft, tpot_s=tpot,
-                         e2e_s=e2e if e2e is not None else ttft + 1.0, output_tokens=tokens, input_tokens=5,
-                         itl_s=itl or [])
+def ok(
+    index: int,
+    ttft: float,
+    tpot: float | None = None,
+    e2e: float | None = None,
+    tokens: int = 10,
+    itl: list[float] | None = None,
+) -> RequestRecord:
+    return RequestRecord(
+        index=index,
+        start_s=float(index),
+        status="ok",
+        ttft_s=ttft,
+        tpot_s=tpot,
+        e2e_s=e2e if e2e is not None else ttft + 1.0,
+        output_tokens=tokens,
+        input_tokens=5,
+        itl_s=itl or [],
+    )
 
 
 def test_ttft_itl_tpot_e2e_from_known_timestamps() -> None:
-    rec = RequestRecord.from_timestamps(3, sent=10.0, chunk_times=[10.5, 10.6, 10.8, 11.1], end=11.1,
-                                        run_start=9.0)
+    rec = RequestRecord.from_timestamps(3, sent=10.0, chunk_times=[10.5, 10.6, 10.8, 11.1], end=11.1, run_start=9.0)
     assert rec.start_s == pytest.approx(1.0)
     assert rec.ttft_s == pytest.approx(0.5)
     assert rec.itl_s == pytest.approx([0.1, 0.2, 0.3])
@@ -203,13 +216,17 @@ def test_stream_parsing_completions_chat_usage_and_errors() -> None:
 
     async def go() -> list[RequestRecord]:
         out = []
-        text = _sse(*({"choices": [{"text": t, "finish_reason": None}]} for t in ("a", "b", "c")),
-                    {"choices": [{"text": "", "finish_reason": "length"}]})
+        text = _sse(
+            *({"choices": [{"text": t, "finish_reason": None}]} for t in ("a", "b", "c")),
+            {"choices": [{"text": "", "finish_reason": "length"}]},
+        )
         async with _mock_client(text) as c:
             out.append((await send_request(c, "http://x/v1/completions", "m", req, "completions", 5))[0])
-        chat = _sse({"choices": [{"delta": {"role": "assistant"}}]},
-                    *({"choices": [{"delta": {"content": t}}]} for t in ("a", "b")),
-                    {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}})
+        chat = _sse(
+            {"choices": [{"delta": {"role": "assistant"}}]},
+            *({"choices": [{"delta": {"content": t}}]} for t in ("a", "b")),
+            {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 3}},
+        )
         async with _mock_client(chat) as c:
             out.append((await send_request(c, "http://x/v1/chat/completions", "m", req, "chat", 5))[0])
         async with _mock_client(b'{"error": "no such model"}', status=404) as c:
@@ -234,8 +251,18 @@ def test_nothing_listening_fails_fast_with_the_fix() -> None:
         run_benchmark(f"http://127.0.0.1:{port}/v1", "m", fixed_workload(8, 4), num_requests=5, progress=False)
     # without the health check, consecutive refused connections end the run
     with pytest.raises(ServelabError, match="stopped accepting connections .3 connections refused in a row"):
-        asyncio.run(run_benchmark_async(f"http://127.0.0.1:{port}/v1", "m", fixed_workload(8, 4), concurrency=2,
-                                        num_requests=50, warmup=0, progress=False, health_check=False))
+        asyncio.run(
+            run_benchmark_async(
+                f"http://127.0.0.1:{port}/v1",
+                "m",
+                fixed_workload(8, 4),
+                concurrency=2,
+                num_requests=50,
+                warmup=0,
+                progress=False,
+                health_check=False,
+            )
+        )
     assert time.perf_counter() - started < 10
 
 
@@ -243,8 +270,7 @@ def test_sync_wrapper_works_inside_a_running_event_loop() -> None:
     """Jupyter runs cells inside an event loop; run_benchmark must still work there."""
 
     async def notebook_cell() -> None:
-        run_benchmark(f"http://127.0.0.1:{free_port()}/v1", "m", fixed_workload(8, 4), num_requests=1,
-                      progress=False)
+        run_benchmark(f"http://127.0.0.1:{free_port()}/v1", "m", fixed_workload(8, 4), num_requests=1, progress=False)
 
     with pytest.raises(ServelabError, match="unreachable"):
         asyncio.run(notebook_cell())

@@ -1,12 +1,13 @@
-"""servelab.capacity_sim: the replica model from bench rows, the load trace, and the simulated HPA + queue."""
+"""servelab.planning.capacity_sim: the replica model from bench rows, the load trace, and the simulated HPA + queue."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from servelab.autoscale import HPASpec, ScalingPolicy, ScalingRules
-from servelab.capacity_sim import (
+from servelab.errors import ServelabError
+from servelab.k8s.autoscale import HPASpec, ScalingPolicy, ScalingRules
+from servelab.planning.capacity_sim import (
     ReplicaModel,
     diurnal_rate,
     poisson_arrivals,
@@ -14,7 +15,6 @@ from servelab.capacity_sim import (
     simulate,
     weighted_quantile,
 )
-from servelab.errors import ServelabError
 
 ROWS = [  # shaped like notebook 05's closed-loop rows (requests/s, TTFT p50/p99 at each concurrency)
     {"concurrency": 1, "request_throughput": 0.5, "ttft_p50_s": 0.15, "ttft_p99_s": 0.16},
@@ -22,9 +22,13 @@ ROWS = [  # shaped like notebook 05's closed-loop rows (requests/s, TTFT p50/p99
     {"concurrency": 8, "request_throughput": 2.5, "ttft_p50_s": 0.75, "ttft_p99_s": 0.85},
     {"concurrency": 16, "request_throughput": 3.3, "ttft_p50_s": 1.7, "ttft_p99_s": 1.75},
 ]
-FAST = HPASpec(target=2, min_replicas=1, max_replicas=6,
-               scale_up=ScalingRules(0, (ScalingPolicy("Pods", 4, 15),)),
-               scale_down=ScalingRules(60, (ScalingPolicy("Pods", 1, 30),)))
+FAST = HPASpec(
+    target=2,
+    min_replicas=1,
+    max_replicas=6,
+    scale_up=ScalingRules(0, (ScalingPolicy("Pods", 4, 15),)),
+    scale_down=ScalingRules(60, (ScalingPolicy("Pods", 1, 30),)),
+)
 
 
 def test_replica_model_takes_the_largest_batch_within_the_slo() -> None:
@@ -68,8 +72,8 @@ def test_a_step_in_load_scales_up_after_the_startup_delay_and_back_down() -> Non
     assert steps.loc[299, "replicas"] == 1
     first_scale = steps.index[steps["replicas"] > 1][0]
     assert 300 <= first_scale <= 330  # the next sync after the queue grows past the target
-    assert steps.loc[first_scale:first_scale + 55, "ready"].max() == 1  # new pods are paid for but not serving yet
-    assert steps.loc[first_scale + 60:1200, "ready"].max() >= 4
+    assert steps.loc[first_scale : first_scale + 55, "ready"].max() == 1  # new pods are paid for but not serving yet
+    assert steps.loc[first_scale + 60 : 1200, "ready"].max() >= 4
     assert steps.loc[2399, "replicas"] == 1  # back to minReplicas after the load and the 60 s window
     summary = result.summary()
     assert 0 < summary["slo_violation_share"] < 0.5 and summary["max_waiting"] > FAST.target

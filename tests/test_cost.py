@@ -1,4 +1,4 @@
-"""servelab.cost: the $/1M tokens formula with hand-computed numbers, the price file's validation, the levers,
+"""servelab.planning.cost: the $/1M tokens formula with hand-computed numbers, the price file's validation, the levers,
 the seed's 100 QPS check, and the `servelab cost` CLI."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from servelab import cost
 from servelab.cli import app
 from servelab.errors import ServelabError
+from servelab.planning import cost
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,15 +73,19 @@ def test_plan_fleet_by_hand() -> None:
 
 
 def test_levers_by_hand() -> None:
-    rows = [{"concurrency": 1, "output_token_throughput": 10.0, "ttft_p50_s": 0.2, "e2e_p50_s": 2.0},
-            {"concurrency": 8, "output_token_throughput": 60.0, "ttft_p50_s": 0.9, "e2e_p50_s": 4.0},
-            {"concurrency": 16, "output_token_throughput": 50.0, "ttft_p50_s": 2.0, "e2e_p50_s": 9.0}]
+    rows = [
+        {"concurrency": 1, "output_token_throughput": 10.0, "ttft_p50_s": 0.2, "e2e_p50_s": 2.0},
+        {"concurrency": 8, "output_token_throughput": 60.0, "ttft_p50_s": 0.9, "e2e_p50_s": 4.0},
+        {"concurrency": 16, "output_token_throughput": 50.0, "ttft_p50_s": 2.0, "e2e_p50_s": 9.0},
+    ]
     assert cost.batching_lever(rows, "test").factor == pytest.approx(1 / 6)  # best C, not the last
     assert cost.prefill_share(rows) == pytest.approx(0.1)
     assert cost.prefix_cache_lever(0.5, 0.1, "test").factor == pytest.approx(0.95)
     assert cost.exact_cache_lever(0.3).saving == pytest.approx(0.3)
-    quant = [{"level": "F16", "file_mib": 270.0, "decode_tok_s": 20.0},
-             {"level": "Q4_K_M", "file_mib": 100.0, "decode_tok_s": 50.0}]
+    quant = [
+        {"level": "F16", "file_mib": 270.0, "decode_tok_s": 20.0},
+        {"level": "Q4_K_M", "file_mib": 100.0, "decode_tok_s": 50.0},
+    ]
     lever = cost.quantization_lever(quant, "Q4_K_M", "test")
     assert lever.factor == pytest.approx(0.4) and "63% smaller" in lever.basis
     with pytest.raises(ServelabError, match="use one of: F16, Q4_K_M"):
@@ -111,8 +115,22 @@ def test_seed_100qps_example_is_checked_not_repeated() -> None:
 
 
 def test_cli_cost_prints_price_source_and_fleet() -> None:
-    result = CliRunner().invoke(app, ["cost", "--gpu", "A100", "--tokens-per-s", "4800", "--qps", "100",
-                                      "--tokens-per-request", "200", "--utilization", "0.7"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "cost",
+            "--gpu",
+            "A100",
+            "--tokens-per-s",
+            "4800",
+            "--qps",
+            "100",
+            "--tokens-per-request",
+            "200",
+            "--utilization",
+            "0.7",
+        ],
+    )
     assert result.exit_code == 0, result.output
     expected = cost.usd_per_million_tokens(21.957642 / 8, 4800, 0.7)
     assert f"${expected:.4f} per 1M tokens" in result.output

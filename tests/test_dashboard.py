@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servelab import alerts, dashboard, manifests
 from servelab.errors import ServelabError
+from servelab.k8s import manifests
+from servelab.observe import alerts, dashboard, promql
+from servelab.observe.prometheus import PrometheusServer, start_prometheus
 from servelab.procs import free_port
-from servelab.prometheus import PrometheusServer, start_prometheus
 
 MONITORING = Path(__file__).resolve().parents[1] / "manifests" / "monitoring"
 JSON_FILE = MONITORING / dashboard.DASHBOARD_FILE
@@ -67,7 +68,9 @@ def test_dashboard_has_grafanas_essentials() -> None:
     for panel in MODEL["panels"]:
         grid = panel["gridPos"]
         assert {"x", "y", "w", "h"} <= set(grid) and grid["x"] + grid["w"] <= 24, panel["title"]
-        covered = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])}
+        covered = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not covered & cells, f"{panel['title']} overlaps another panel"
         cells |= covered
         assert panel["datasource"]["uid"] == "${datasource}" and panel["targets"], panel["title"]
@@ -77,18 +80,29 @@ def test_dashboard_has_grafanas_essentials() -> None:
 
 def test_panels_cover_the_on_call_metrics_and_draw_the_alert_thresholds() -> None:
     exprs = " ".join(expr for _, expr in dashboard.expressions(MODEL))
-    for needed in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-                   "histogram_quantile(0.99", "vllm:time_to_first_token_seconds_bucket",
-                   "vllm:e2e_request_latency_seconds_bucket", "vllm:generation_tokens_total",
-                   "vllm:prompt_tokens_total", "vllm:num_preemptions_total", 'status="5xx"', "up{", "ALERTS{"):
+    for needed in (
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "histogram_quantile(0.99",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:generation_tokens_total",
+        "vllm:prompt_tokens_total",
+        "vllm:num_preemptions_total",
+        'status="5xx"',
+        "up{",
+        "ALERTS{",
+    ):
         assert needed in exprs, needed
     assert 'model_name=~"$model_name"' in exprs and "[$__rate_interval]" in exprs
-    steps = {p["title"]: [s["value"] for s in p["fieldConfig"]["defaults"]["thresholds"]["steps"]]
-             for p in MODEL["panels"]}
+    steps = {
+        p["title"]: [s["value"] for s in p["fieldConfig"]["defaults"]["thresholds"]["steps"]] for p in MODEL["panels"]
+    }
     limits = alerts.default_thresholds()
     assert steps["Requests waiting and running"][-1] == limits["queue_threshold"]
     assert steps["KV cache usage"][-1] == limits["kv_cache_threshold"]
-    assert alerts.legacy_names(JSON_FILE.read_text()) == []
+    assert promql.legacy_names(JSON_FILE.read_text()) == []
 
 
 def test_metric_names_are_vllm_names_and_skip_grafana_syntax() -> None:
@@ -104,8 +118,10 @@ def test_metric_names_are_vllm_names_and_skip_grafana_syntax() -> None:
 def test_concrete_replaces_every_grafana_variable() -> None:
     for _, expr in dashboard.expressions(MODEL):
         assert "$" not in dashboard.concrete(expr)
-    assert dashboard.concrete('rate(x{model_name=~"$model_name"}[$__rate_interval])', "30s", "a|b") == \
-        'rate(x{model_name=~"a|b"}[30s])'
+    assert (
+        dashboard.concrete('rate(x{model_name=~"$model_name"}[$__rate_interval])', "30s", "a|b")
+        == 'rate(x{model_name=~"a|b"}[30s])'
+    )
 
 
 def test_every_expression_parses_and_runs_in_a_real_prometheus(prom: PrometheusServer) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from servelab import device, model
+from servelab.engines import device, model
 from servelab.errors import ServelabError
 
 

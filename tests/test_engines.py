@@ -3,10 +3,12 @@
 import httpx
 import pytest
 
-from servelab import agreement, alerts, dashboard, manifests, metrics
-from servelab.engines import Engine, LlamaCppOptions, start_llamacpp, start_vllm
+from servelab.engines import agreement
+from servelab.engines.launch import Engine, LlamaCppOptions, start_llamacpp, start_vllm
 from servelab.errors import ServelabError
-from servelab.paths import repo_root
+from servelab.k8s import autoscalers
+from servelab.observe import alerts, dashboard, metrics
+from servelab.paths import manifests_path
 
 pytestmark = pytest.mark.engines
 MIN_FIRST_TOKEN_AGREEMENT = 0.75  # measured 11/12 here (one near-tie flips); a different model agrees on almost none
@@ -34,8 +36,13 @@ def test_vllm_answers_and_exports_v1_metrics(vllm: Engine) -> None:
     reply = vllm.complete("The capital of France is", max_tokens=8)
     assert reply["choices"][0]["text"].strip()
     metrics = httpx.get(vllm.url + "/metrics", timeout=10).text
-    for name in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-                 "vllm:time_to_first_token_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket"):
+    for name in (
+        "vllm:num_requests_waiting",
+        "vllm:num_requests_running",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+    ):
         assert name in metrics
 
 
@@ -64,8 +71,10 @@ def test_every_metric_an_alert_rule_names_is_exported_by_the_live_server(vllm: E
     vllm.complete("warm the histograms", max_tokens=2)
     text = metrics.scrape(vllm.url + "/metrics")
     exported = {name for name, _, _ in metrics.samples(text)} | set(metrics.families(text))
-    missing = {rule: sorted(n for n in names if n not in exported and n != "up")
-               for rule, names in alerts.rule_metric_names().items()}
+    missing = {
+        rule: sorted(n for n in names if n not in exported and n != "up")
+        for rule, names in alerts.rule_metric_names().items()
+    }
     assert not any(missing.values()), missing
 
 
@@ -76,7 +85,7 @@ def test_every_metric_the_autoscalers_and_the_dashboard_read_is_exported_by_the_
     vllm.complete("warm the counters", max_tokens=2)  # http_requests_total appears after the first request
     text = metrics.scrape(vllm.url + "/metrics")
     exported = {name for name, _, _ in metrics.samples(text)} | set(metrics.families(text))
-    scaling = manifests.autoscaling_metrics(repo_root() / "manifests" / "vllm")
+    scaling = autoscalers.autoscaling_metrics(manifests_path("vllm"))
     reads = {**scaling.series, "Grafana dashboard": dashboard.metric_names()}
     assert any(w.startswith("prometheus-adapter") for w in reads) and any(w.startswith("KEDA") for w in reads)
     missing = {where: sorted(names - exported) for where, names in reads.items()}
@@ -93,11 +102,12 @@ def test_bench_harness_agrees_with_vllm_bench_serve(vllm: Engine) -> None:
     requests at concurrency 4 it depends on where each arrival falls against another request's
     prefill, and one clean-clone run measured 0.33 vs 0.42 s (-20%) while throughput and TPOT agreed
     within 3%. The full profile of notebook 05 holds all three within 10% (measured 1.8%)."""
-    from servelab import model
     from servelab.bench.crosscheck import cross_check
+    from servelab.engines import model
 
-    table = cross_check(vllm.url, vllm.served_model, str(model.hf_dir()), input_len=64, output_len=32,
-                        num_prompts=16, concurrency=4)
+    table = cross_check(
+        vllm.url, vllm.served_model, str(model.hf_dir()), input_len=64, output_len=32, num_prompts=16, concurrency=4
+    )
     bounds = {"output_token_throughput": 0.15, "tpot_p50_s": 0.15, "ttft_p50_s": 0.35}
     assert set(table["figure"]) == set(bounds), table.to_string()
     assert (table["difference"].abs() < table["figure"].map(bounds)).all(), table.to_string()

@@ -1,6 +1,6 @@
 """The pinned environment: one list, no packages that break vLLM, conda twin in step."""
 
-from servelab import environment
+from servelab.course import environment
 
 
 def test_environment_yml_matches_the_lock() -> None:
@@ -20,5 +20,5 @@ def test_drift_reports_a_changed_version(tmp_path, monkeypatch) -> None:
     text = environment.render_environment_yml().replace("pandas==", "pandas==0.0.1#")
     fake = tmp_path / "environment.yml"
     fake.write_text(text)
-    monkeypatch.setattr(environment, "ENV_YML", fake)
+    monkeypatch.setattr(environment, "env_yml_path", lambda: fake)
     assert any(p.startswith("pandas") for p in environment.drift())

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from servelab.footprint import RSSSampler, tree_rss_bytes
+from servelab.memory.footprint import RSSSampler, tree_rss_bytes
 
 GROW = "import time; time.sleep(0.6); x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096]); time.sleep(1.5)"
 

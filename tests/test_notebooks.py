@@ -46,7 +46,9 @@ def _check_00_preflight(r: dict) -> None:
 
 def _check_01_engine_comparison(r: dict) -> None:
     rows = r["sweep"]
-    assert {(x["engine"], x["concurrency"]) for x in rows} == {(e, c) for e in ("llamacpp", "vllm") for c in r["levels"]}
+    assert {(x["engine"], x["concurrency"]) for x in rows} == {
+        (e, c) for e in ("llamacpp", "vllm") for c in r["levels"]
+    }
     assert r["requests_failed"] == 0 and all(x["ok"] >= 4 for x in rows)
     assert all(0.5 < x["output_token_throughput"] < 5000 for x in rows)
     assert r["llamacpp_ttft_growth"] > 1.5  # one request at a time: later users queue
@@ -135,7 +137,7 @@ def _check_06_monitoring_alerting(r: dict) -> None:
 
 def _check_07_autoscaling_cost(r: dict) -> None:
     assert "05_benchmarking" in r["results_sources"] and "00_preflight" in r["results_sources"]
-    assert r["hpa_docs_examples"][0]["servelab.autoscale"] == "2"  # 200m over 100m doubles 1 replica
+    assert r["hpa_docs_examples"][0]["servelab.k8s.autoscale"] == "2"  # 200m over 100m doubles 1 replica
     assert r["seed_hpa"] == {"min": 2, "max": 10, "target": 10.0}
     model = r["replica_model"]
     assert model["max_batch"] >= 1 and model["capacity_rps"] > 0 and model["startup_s"] > 0
@@ -176,7 +178,9 @@ def _check_08_production_practices(r: dict) -> None:
     assert drill["noticed_at_s"] is not None and drill["noticed_at_s"] - drill["kill_at_s"] < 3
     assert drill["failed_after_notice"] == 0 and drill["failed"] == drill["in_flight_lost"] <= 1 < drill["ok"]
     assert r["recovered_after_s"] < 5 * r["health_interval_s"] + 2
-    assert r["no_replica_status"] == 503 and int(r["no_replica_retry_after"]) >= 1 and r["ready_without_replicas"] == 200
+    assert (
+        r["no_replica_status"] == 503 and int(r["no_replica_retry_after"]) >= 1 and r["ready_without_replicas"] == 200
+    )
     assert {"gateway_requests", "gateway_replica_up", "gateway_upstream_cancelled"} <= set(r["metric_families"])
     assert r["manifest_problems"] == [] and r["netpol_protects_engines"] and r["netpol_only_gateway_allowed"]
 
@@ -214,9 +218,13 @@ def _record_time(name: str, seconds: float) -> None:
 
 def _error_outputs(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
-    return [f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
-            for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-            for out in cell.get("outputs", []) if out.get("output_type") == "error"]
+    return [
+        f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
 
 
 @pytest.mark.notebook
@@ -229,12 +237,35 @@ def test_notebook_runs_and_records_sane_figures(notebook: Path) -> None:
     marker = uuid.uuid4().hex
     # Labs run with their reference solution: a broken solution or checker then fails here.
     lab = ["-p", "use_reference_solution", "True"] if notebook.parts[-2] == "labs" else []
-    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "-p", "profile", "quick", *lab,
-           "--cwd", str(notebook.parent), "--kernel", "python3", "--execution-timeout", str(CELL_TIMEOUT_S),
-           "--no-progress-bar", "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(notebook),
+        str(out),
+        "-p",
+        "profile",
+        "quick",
+        *lab,
+        "--cwd",
+        str(notebook.parent),
+        "--kernel",
+        "python3",
+        "--execution-timeout",
+        str(CELL_TIMEOUT_S),
+        "--no-progress-bar",
+        "--log-level",
+        "WARNING",
+    ]
     began = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, RUN_MARKER: marker}, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, RUN_MARKER: marker},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         log, _ = proc.communicate(timeout=OUTER_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -11,8 +11,13 @@ from servelab.procs import ManagedServer, free_port, leftover_processes
 
 
 def _http_server(tmp_path, port: int) -> ManagedServer:
-    return ManagedServer("http.server", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                         port=port, log_path=tmp_path / "srv.log", ready_path="/")
+    return ManagedServer(
+        "http.server",
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        port=port,
+        log_path=tmp_path / "srv.log",
+        ready_path="/",
+    )
 
 
 def test_start_ready_stop_leaves_nothing(tmp_path) -> None:
@@ -26,11 +31,14 @@ def test_start_ready_stop_leaves_nothing(tmp_path) -> None:
 
 
 def test_children_of_the_server_are_stopped_too(tmp_path) -> None:
-    script = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); " \
-             "import http.server as h; h.test(HandlerClass=h.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')"
+    script = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "import http.server as h; h.test(HandlerClass=h.SimpleHTTPRequestHandler, port=int(sys.argv[1]), bind='127.0.0.1')"
+    )
     port = free_port()
-    server = ManagedServer("parent", [sys.executable, "-c", script, str(port)], port=port,
-                           log_path=tmp_path / "p.log", ready_path="/").start()
+    server = ManagedServer(
+        "parent", [sys.executable, "-c", script, str(port)], port=port, log_path=tmp_path / "p.log", ready_path="/"
+    ).start()
     server.wait_ready(timeout=30)
     children = psutil.Process(server.process.pid).children(recursive=True)
     assert children, "the test server should have started a child"
@@ -40,8 +48,12 @@ def test_children_of_the_server_are_stopped_too(tmp_path) -> None:
 
 
 def test_a_server_that_exits_fails_fast_with_its_log(tmp_path) -> None:
-    server = ManagedServer("broken", [sys.executable, "-c", "print('boom: bad flag'); raise SystemExit(3)"],
-                           port=free_port(), log_path=tmp_path / "b.log").start()
+    server = ManagedServer(
+        "broken",
+        [sys.executable, "-c", "print('boom: bad flag'); raise SystemExit(3)"],
+        port=free_port(),
+        log_path=tmp_path / "b.log",
+    ).start()
     began = time.perf_counter()
     with pytest.raises(ServelabError) as err:
         server.wait_ready(timeout=60)
@@ -50,8 +62,12 @@ def test_a_server_that_exits_fails_fast_with_its_log(tmp_path) -> None:
 
 
 def test_a_server_that_never_gets_ready_times_out_and_is_stopped(tmp_path) -> None:
-    server = ManagedServer("silent", [sys.executable, "-c", "import time; print('waiting'); time.sleep(600)"],
-                           port=free_port(), log_path=tmp_path / "s.log").start()
+    server = ManagedServer(
+        "silent",
+        [sys.executable, "-c", "import time; print('waiting'); time.sleep(600)"],
+        port=free_port(),
+        log_path=tmp_path / "s.log",
+    ).start()
     with pytest.raises(ServelabError, match="not ready after 2 s"):
         server.wait_ready(timeout=2)
     assert not server.running

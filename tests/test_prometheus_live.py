@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from servelab import alerts, metrics, paths, prometheus
+from servelab import binaries
 from servelab.bench import BenchResult, fixed_workload, run_benchmark
-from servelab.engines import Engine, VLLMOptions, start_vllm
+from servelab.engines.launch import Engine, VLLMOptions, start_vllm
 from servelab.errors import ServelabError
+from servelab.observe import alerts, metrics
+from servelab.observe.prometheus import PrometheusServer, start_prometheus
 from servelab.procs import tail
-from servelab.prometheus import PrometheusServer, start_prometheus
 
 JOB = "vllm"
 QUICK = {"queue_threshold": 2, "queue_for": "6s", "job_regex": JOB, "server_down_for": "4s"}
@@ -48,8 +49,8 @@ def prom(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 
 def test_missing_binary_names_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(paths.shutil, "which", lambda name: None)
-    monkeypatch.setattr(paths.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(binaries.shutil, "which", lambda name: None)
+    monkeypatch.setattr(binaries.sys, "executable", str(tmp_path / "python"))
     with pytest.raises(ServelabError, match="apt-get install prometheus") as err:
         start_prometheus({JOB: ["127.0.0.1:1"]}, [])
     assert "conda install -c conda-forge prometheus" in str(err.value)
@@ -86,12 +87,20 @@ def _scrape_health(prom: PrometheusServer, start: float, end: float) -> str:
     series stale and resolves (or never starts) an alert, so this is the first thing to read."""
     up = prom.query_range("up", start, end, step="1s")["value"]
     slowest = prom.query_range("scrape_duration_seconds", start, end, step="1s")["value"]
-    return (f"up min {up.min() if len(up) else float('nan'):.0f} over {len(up)} points, slowest scrape "
-            f"{slowest.max() if len(slowest) else float('nan'):.2f} s, targets now {prom.target_health()}")
+    return (
+        f"up min {up.min() if len(up) else float('nan'):.0f} over {len(up)} points, slowest scrape "
+        f"{slowest.max() if len(slowest) else float('nan'):.2f} s, targets now {prom.target_health()}"
+    )
 
 
-def _explain(prom: PrometheusServer, engine: Engine, load: Future[BenchResult], direct: metrics.MetricsRecorder,
-             started: float, started_monotonic: float) -> str:
+def _explain(
+    prom: PrometheusServer,
+    engine: Engine,
+    load: Future[BenchResult],
+    direct: metrics.MetricsRecorder,
+    started: float,
+    started_monotonic: float,
+) -> str:
     """Everything needed to tell a broken rule from a starved scrape, a clock step or a load that never ran."""
     now, now_monotonic = time.time(), time.monotonic()
     queue = prom.query_range("sum(vllm:num_requests_waiting)", started, now, step="2s")["value"].tolist()
@@ -99,17 +108,27 @@ def _explain(prom: PrometheusServer, engine: Engine, load: Future[BenchResult], 
     seen = direct.frame()
     # Prometheus' own counters: samples dropped as out of order or out of bounds (a wall-clock step),
     # rule evaluations missed or failed, and when the rules were last evaluated.
-    keys = ("scrapes_sample_out_of", "sample_duplicate_timestamp", "iterations_missed", "evaluation_failures",
-            "last_evaluation_timestamp")
-    own = {name: value for name, _, value in metrics.samples(metrics.scrape(prom.url + "/metrics"))
-           if any(key in name for key in keys)}
+    keys = (
+        "scrapes_sample_out_of",
+        "sample_duplicate_timestamp",
+        "iterations_missed",
+        "evaluation_failures",
+        "last_evaluation_timestamp",
+    )
+    own = {
+        name: value
+        for name, _, value in metrics.samples(metrics.scrape(prom.url + "/metrics"))
+        if any(key in name for key in keys)
+    }
     clock_step = (now - started) - (now_monotonic - started_monotonic)
-    return (f"\n  load: {state}\n  vLLM's own /metrics every 0.5 s (no Prometheus): max waiting "
-            f"{seen['vllm:num_requests_waiting'].max()}, max running {seen['vllm:num_requests_running'].max()}, "
-            f"{len(seen)} reads, {direct.failed} failed\n  Prometheus' waiting series (2 s steps): {queue}"
-            f"\n  scrapes: {_scrape_health(prom, started, now)}\n  wall clock minus monotonic clock since the "
-            f"start: {clock_step:+.2f} s; now {now:.1f}\n  Prometheus' own counters: {own}"
-            f"\n  vLLM log:\n{tail(engine.log_path, 12)}")
+    return (
+        f"\n  load: {state}\n  vLLM's own /metrics every 0.5 s (no Prometheus): max waiting "
+        f"{seen['vllm:num_requests_waiting'].max()}, max running {seen['vllm:num_requests_running'].max()}, "
+        f"{len(seen)} reads, {direct.failed} failed\n  Prometheus' waiting series (2 s steps): {queue}"
+        f"\n  scrapes: {_scrape_health(prom, started, now)}\n  wall clock minus monotonic clock since the "
+        f"start: {clock_step:+.2f} s; now {now:.1f}\n  Prometheus' own counters: {own}"
+        f"\n  vLLM log:\n{tail(engine.log_path, 12)}"
+    )
 
 
 @pytest.mark.engines
@@ -120,18 +139,31 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
     names = ["vllm:num_requests_waiting", "vllm:num_requests_running"]
     # Leaving the `with` waits for the load (bounded by LOAD_SECONDS and the request timeout) even
     # when an assertion fails, so no request is still in flight when the next test stops vLLM.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool, \
-            metrics.MetricsRecorder(engine.url + "/metrics", names) as direct:
-        load = pool.submit(run_benchmark, engine.base_url, engine.served_model, workload, concurrency=LOAD_USERS,
-                           num_requests=1000, duration_s=LOAD_SECONDS, warmup=0, timeout_s=180, progress=False)
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool,
+        metrics.MetricsRecorder(engine.url + "/metrics", names) as direct,
+    ):
+        load = pool.submit(
+            run_benchmark,
+            engine.base_url,
+            engine.served_model,
+            workload,
+            concurrency=LOAD_USERS,
+            num_requests=1000,
+            duration_s=LOAD_SECONDS,
+            warmup=0,
+            timeout_s=180,
+            progress=False,
+        )
 
         def explain() -> str:
             return _explain(prom, engine, load, direct, started, started_monotonic)
 
         try:
             to_pending = prom.wait_for_alert("VLLMQueueBacklog", "pending", timeout_s=LOAD_SECONDS - 20)
-            to_firing = to_pending + prom.wait_for_alert("VLLMQueueBacklog", "firing",
-                                                         timeout_s=LOAD_SECONDS - 10 - to_pending)
+            to_firing = to_pending + prom.wait_for_alert(
+                "VLLMQueueBacklog", "firing", timeout_s=LOAD_SECONDS - 10 - to_pending
+            )
         except ServelabError as err:
             pytest.fail(f"{err}{explain()}")
         active = [a for a in prom.alerts() if a["labels"]["alertname"] == "VLLMQueueBacklog"]
@@ -147,8 +179,10 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
         prom.wait_for_alert("VLLMQueueBacklog", "inactive", timeout_s=120)
         to_resolved = time.time() - ended
         result: BenchResult = load.result(timeout=180)
-    print(f"pending after {to_pending:.1f} s, firing after {to_firing:.1f} s, "
-          f"resolved {to_resolved:.1f} s after the load stopped sending; {result.summary['ok']} requests ok")
+    print(
+        f"pending after {to_pending:.1f} s, firing after {to_firing:.1f} s, "
+        f"resolved {to_resolved:.1f} s after the load stopped sending; {result.summary['ok']} requests ok"
+    )
     assert result.summary["ok"] >= LOAD_USERS and result.summary["errors"] == result.summary["timeouts"] == 0
     assert 0 < to_pending <= to_firing < LOAD_SECONDS and 0 < to_resolved < 120
 
@@ -162,7 +196,7 @@ def test_queue_backlog_fires_under_load_and_resolves(engine: Engine, prom: Prome
     # the series go stale, the expression is empty and the alert resolves at once. The scrape health
     # is printed so a flap can be told apart from a broken rule.
     print(f"alert runs {runs}; during the load: {_scrape_health(prom, started, ended)}")
-    assert runs[0] == 0 and runs[-1] == 0 and any(runs[i:i + 2] == [1, 2] for i in range(len(runs))), runs
+    assert runs[0] == 0 and runs[-1] == 0 and any(runs[i : i + 2] == [1, 2] for i in range(len(runs))), runs
 
 
 @pytest.mark.engines

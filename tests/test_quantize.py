@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servelab import model as models
-from servelab import quantize
+from servelab.engines import model as models
 from servelab.errors import ServelabError
-from servelab.gguf_probe import perplexity, window_nll
-from servelab.paths import repo_root
+from servelab.memory import quantize
+from servelab.memory.gguf_probe import perplexity, window_nll
+from servelab.paths import data_path
 
-HELDOUT = repo_root() / "data" / "text" / "heldout.txt"
+HELDOUT = data_path("text", "heldout.txt")
 
 
 def test_uniform_logits_give_perplexity_equal_to_the_vocabulary() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from servelab import roofline
+from servelab.memory import roofline
 
 
 def test_llama2_7b_fp16_on_a100_batch_1() -> None:

@@ -8,8 +8,9 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-@pytest.mark.parametrize("script, expect", [("validate-manifests", "valid for Kubernetes"),
-                                            ("check-alerts", "SUCCESS")])
+@pytest.mark.parametrize(
+    "script, expect", [("validate-manifests", "valid for Kubernetes"), ("check-alerts", "SUCCESS")]
+)
 def test_script_runs_its_command(script: str, expect: str) -> None:
     done = subprocess.run([str(SCRIPTS / script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and expect in done.stdout, done.stdout + done.stderr

@@ -8,8 +8,6 @@ same run can read what earlier notebooks measured.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from pathlib import Path
 
 
@@ -20,6 +18,16 @@ def repo_root() -> Path:
         if (parent / "pyproject.toml").is_file() and (parent / "notebooks").is_dir():
             return parent
     return Path.cwd()
+
+
+def data_path(*parts: str) -> Path:
+    """A file or folder under the checkout's ``data/`` (prompts, prices, reference results, the seed)."""
+    return repo_root().joinpath("data", *parts)
+
+
+def manifests_path(*parts: str) -> Path:
+    """A file or folder under the checkout's ``manifests/`` (what a learner deploys)."""
+    return repo_root().joinpath("manifests", *parts)
 
 
 def home() -> Path:
@@ -41,13 +49,3 @@ def logs_dir() -> Path:
     path = results_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def find_binary(name: str) -> str | None:
-    """An OS tool (prometheus, promtool, ...): on PATH, or next to this Python (a conda env whose
-    bin/ is not on PATH). ``None`` when absent; callers raise with their own install hint."""
-    found = shutil.which(name)
-    if found:
-        return found
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() else None

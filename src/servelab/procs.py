@@ -95,8 +95,12 @@ class ManagedServer:
         log = self.log_path.open("wb")
         self.started_at = time.perf_counter()
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self.env, preexec_fn=_die_with_parent,
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         _LIVE.add(self)
@@ -127,8 +131,7 @@ class ManagedServer:
                 time.sleep(poll)
         self.stop()
         raise ServelabError(
-            f"{self.name} was not ready after {timeout:.0f} s. Last lines of {self.log_path}:\n"
-            f"{tail(self.log_path)}",
+            f"{self.name} was not ready after {timeout:.0f} s. Last lines of {self.log_path}:\n{tail(self.log_path)}",
             "raise the ready timeout parameter, or check the log for what it was doing",
         )
 
@@ -212,7 +215,9 @@ class ScratchServer(ManagedServer):
         return self
 
 
-def scratch_folder(kind: str, port: int, config_name: str, config: Mapping[str, Any], written_by: str) -> tuple[Path, Path]:
+def scratch_folder(
+    kind: str, port: int, config_name: str, config: Mapping[str, Any], written_by: str
+) -> tuple[Path, Path]:
     """Make ``results/<kind>-<port>/`` afresh with an empty ``data/`` and ``config`` as YAML in ``config_name``.
 
     Returns ``(folder, config file)``; the file's first line says which function wrote it.
@@ -221,7 +226,9 @@ def scratch_folder(kind: str, port: int, config_name: str, config: Mapping[str, 
     shutil.rmtree(workdir, ignore_errors=True)  # a stale folder of an earlier run on this port
     (workdir / "data").mkdir(parents=True)
     config_path = workdir / config_name
-    config_path.write_text(f"# written by {written_by}; deleted on stop()\n" + yaml.safe_dump(dict(config), sort_keys=False))
+    config_path.write_text(
+        f"# written by {written_by}; deleted on stop()\n" + yaml.safe_dump(dict(config), sort_keys=False)
+    )
     return workdir, config_path
 
 

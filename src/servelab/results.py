@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from servelab.errors import ServelabError
-from servelab.paths import repo_root, results_dir
+from servelab.paths import data_path, results_dir
 
 
 def path_for(notebook: str) -> Path:
@@ -25,7 +25,7 @@ def path_for(notebook: str) -> Path:
 
 def reference_dir() -> Path:
     """Results measured on the reference machine and shipped with the kit (see its README.md)."""
-    return repo_root() / "data" / "reference" / "measured"
+    return data_path("reference", "measured")
 
 
 def record(notebook: str, **figures: Any) -> None:
@@ -64,10 +64,14 @@ class LoadedResults:
     @property
     def label(self) -> str:
         if self.from_this_run:
-            return (f"measured in this run ({self.path.name}, profile {self.data.get('profile')}, "
-                    f"{self.data.get('updated')})")
-        return (f"reference results from data/reference/measured (not this run): {self.path.name}, "
-                f"profile {self.data.get('profile')}, {self.data.get('updated')}")
+            return (
+                f"measured in this run ({self.path.name}, profile {self.data.get('profile')}, "
+                f"{self.data.get('updated')})"
+            )
+        return (
+            f"reference results from data/reference/measured (not this run): {self.path.name}, "
+            f"profile {self.data.get('profile')}, {self.data.get('updated')}"
+        )
 
 
 def load_or_reference(notebook: str, required: Sequence[str] = ()) -> LoadedResults:
@@ -82,5 +86,8 @@ def load_or_reference(notebook: str, required: Sequence[str] = ()) -> LoadedResu
             data = json.loads(path.read_text())
             if all(key in data for key in required):
                 return LoadedResults(notebook, data, path, this_run)
-    raise ServelabError(f"No results from {notebook} with {', '.join(required) or 'any figures'} "
-                        "(neither this run's nor a reference copy).", f"run notebooks/{notebook}.ipynb first")
+    raise ServelabError(
+        f"No results from {notebook} with {', '.join(required) or 'any figures'} "
+        "(neither this run's nor a reference copy).",
+        f"run notebooks/{notebook}.ipynb first",
+    )

@@ -32,45 +32,108 @@ main(parser.parse_args(sys.argv[1:]))
 """
 
 # (kit summary key, vllm bench serve key, factor to the kit's unit)
-COMPARED = [("output_token_throughput", "output_throughput", 1.0),
-            ("ttft_p50_s", "median_ttft_ms", 1e-3),
-            ("tpot_p50_s", "median_tpot_ms", 1e-3)]
+COMPARED = [
+    ("output_token_throughput", "output_throughput", 1.0),
+    ("ttft_p50_s", "median_ttft_ms", 1e-3),
+    ("tpot_p50_s", "median_tpot_ms", 1e-3),
+]
 
 
-def vllm_bench_serve(server_url: str, model: str, tokenizer: str, input_len: int, output_len: int,
-                     num_prompts: int, concurrency: int, seed: int = 0, timeout_s: float = 900) -> dict[str, Any]:
+def vllm_bench_serve(
+    server_url: str,
+    model: str,
+    tokenizer: str,
+    input_len: int,
+    output_len: int,
+    num_prompts: int,
+    concurrency: int,
+    seed: int = 0,
+    timeout_s: float = 900,
+) -> dict[str, Any]:
     """Run ``vllm bench serve`` (random dataset, ``--ignore-eos``) against ``server_url`` and return its result."""
     with tempfile.TemporaryDirectory() as out:
-        cmd = [sys.executable, "-c", _RUNNER, "--backend", "vllm", "--base-url", server_url,
-               "--model", model, "--served-model-name", model, "--tokenizer", tokenizer,
-               "--dataset-name", "random", "--random-input-len", str(input_len),
-               "--random-output-len", str(output_len), "--num-prompts", str(num_prompts),
-               "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", str(seed),
-               "--save-result", "--result-dir", out, "--result-filename", "vllm_bench.json",
-               "--disable-tqdm"]
+        cmd = [
+            sys.executable,
+            "-c",
+            _RUNNER,
+            "--backend",
+            "vllm",
+            "--base-url",
+            server_url,
+            "--model",
+            model,
+            "--served-model-name",
+            model,
+            "--tokenizer",
+            tokenizer,
+            "--dataset-name",
+            "random",
+            "--random-input-len",
+            str(input_len),
+            "--random-output-len",
+            str(output_len),
+            "--num-prompts",
+            str(num_prompts),
+            "--max-concurrency",
+            str(concurrency),
+            "--ignore-eos",
+            "--seed",
+            str(seed),
+            "--save-result",
+            "--result-dir",
+            out,
+            "--result-filename",
+            "vllm_bench.json",
+            "--disable-tqdm",
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise ServelabError(f"vllm bench serve did not finish in {timeout_s:.0f} s",
-                                "lower num_prompts or check that the server is answering") from None
+            raise ServelabError(
+                f"vllm bench serve did not finish in {timeout_s:.0f} s",
+                "lower num_prompts or check that the server is answering",
+            ) from None
         result_file = Path(out) / "vllm_bench.json"
         if done.returncode != 0 or not result_file.is_file():
-            raise ServelabError(f"vllm bench serve failed (exit {done.returncode}):\n{done.stdout[-1500:]}\n"
-                                f"{done.stderr[-1500:]}", "read the output above")
+            raise ServelabError(
+                f"vllm bench serve failed (exit {done.returncode}):\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}",
+                "read the output above",
+            )
         return json.loads(result_file.read_text())
 
 
-def cross_check(server_url: str, model: str, tokenizer: str, input_len: int = 64, output_len: int = 64,
-                num_prompts: int = 32, concurrency: int = 4, seed: int = 0) -> pd.DataFrame:
+def cross_check(
+    server_url: str,
+    model: str,
+    tokenizer: str,
+    input_len: int = 64,
+    output_len: int = 64,
+    num_prompts: int = 32,
+    concurrency: int = 4,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Both tools, same server and workload, back to back; one row per compared figure with the
     relative difference (kit vs vLLM). The issue's bar: within 10% on all three."""
     theirs = vllm_bench_serve(server_url, model, tokenizer, input_len, output_len, num_prompts, concurrency, seed)
-    ours = run_benchmark(server_url + "/v1", model, fixed_workload(input_len, output_len, engine_kind="vllm"),
-                         concurrency=concurrency, num_requests=num_prompts, warmup=0, progress=False,
-                         seed=seed).summary
+    ours = run_benchmark(
+        server_url + "/v1",
+        model,
+        fixed_workload(input_len, output_len, engine_kind="vllm"),
+        concurrency=concurrency,
+        num_requests=num_prompts,
+        warmup=0,
+        progress=False,
+        seed=seed,
+    ).summary
     rows = []
     for kit_key, vllm_key, factor in COMPARED:
         kit, ref = float(ours[kit_key]), float(theirs[vllm_key]) * factor
-        rows.append({"figure": kit_key, "servelab.bench": kit, "vllm bench serve": ref,
-                     "difference": (kit - ref) / ref if ref else float("nan")})
+        rows.append(
+            {
+                "figure": kit_key,
+                "servelab.bench": kit,
+                "vllm bench serve": ref,
+                "difference": (kit - ref) / ref if ref else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)

@@ -18,11 +18,9 @@ A run never hangs on a dead server: it checks the server answers before it start
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,13 +29,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from servelab import sse
+from servelab.aio import run_sync
 from servelab.bench.stats import BenchResult, RequestRecord
 from servelab.bench.workload import Endpoint, Request, Workload
 from servelab.errors import ServelabError
 
 MAX_CONNECT_FAILURES = 3
-UNREACHABLE_FIX = ("start the engine first (e.g. engine = start_llamacpp()) and pass engine.base_url; "
-                   "if it was running, read its log: it may have crashed")
+UNREACHABLE_FIX = (
+    "start the engine first (e.g. engine = start_llamacpp()) and pass engine.base_url; "
+    "if it was running, read its log: it may have crashed"
+)
 
 
 class _ServerGone(Exception):
@@ -50,8 +52,10 @@ def inter_arrival_times(n: int, request_rate: float, burstiness: float = 1.0, se
     The mean does not depend on ``burstiness``; only the variance does (CV = 1/sqrt(burstiness)).
     """
     if request_rate <= 0 or burstiness <= 0:
-        raise ServelabError(f"request_rate={request_rate} and burstiness={burstiness} must be > 0.",
-                            "use e.g. request_rate=2.0, burstiness=1.0 (Poisson)")
+        raise ServelabError(
+            f"request_rate={request_rate} and burstiness={burstiness} must be > 0.",
+            "use e.g. request_rate=2.0, burstiness=1.0 (Poisson)",
+        )
     if np.isinf(request_rate):
         return np.zeros(n)
     return _arrival_rng(seed).gamma(shape=burstiness, scale=1.0 / (request_rate * burstiness), size=n)
@@ -74,29 +78,28 @@ def arrival_offsets(n: int, request_rate: float, burstiness: float = 1.0, seed: 
 
 def _api_url(base_url: str, endpoint: Endpoint) -> str:
     if endpoint not in ("completions", "chat"):
-        raise ServelabError(f"endpoint={endpoint!r} is not 'completions' or 'chat'.",
-                            "pass endpoint='completions' or endpoint='chat'")
+        raise ServelabError(
+            f"endpoint={endpoint!r} is not 'completions' or 'chat'.", "pass endpoint='completions' or endpoint='chat'"
+        )
     return base_url.rstrip("/") + ("/chat/completions" if endpoint == "chat" else "/completions")
 
 
-def _parse_chunk(obj: dict[str, Any], chat: bool) -> tuple[str, str | None]:
-    """The text a streamed chunk carries and its finish reason (role-only chunks carry '')."""
-    text, finish = "", None
-    for choice in obj.get("choices") or []:
-        part = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
-        text += part or ""
-        finish = choice.get("finish_reason") or finish
-    return text, finish
-
-
-async def send_request(client: httpx.AsyncClient, url: str, model: str, request: Request, endpoint: Endpoint,
-                       timeout_s: float, *, index: int = 0, run_start: float = 0.0,
-                       client_queue_s: float = 0.0) -> tuple[RequestRecord, bool]:
+async def send_request(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    request: Request,
+    endpoint: Endpoint,
+    timeout_s: float,
+    *,
+    index: int = 0,
+    run_start: float = 0.0,
+    client_queue_s: float = 0.0,
+) -> tuple[RequestRecord, bool]:
     """Send one streamed request and time it; returns the record and whether the connection failed.
 
     Never raises for a failed request: the failure is the record's status, so it is counted.
     """
-    chat = endpoint == "chat"
     chunk_times: list[float] = []
     usage: dict[str, Any] | None = None
     finish: str | None = None
@@ -110,18 +113,20 @@ async def send_request(client: httpx.AsyncClient, url: str, model: str, request:
                     status, error = "error", f"HTTP {response.status_code}: {detail}"
                 else:
                     async for line in response.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue  # blank separators, SSE comments, event: lines
-                        data = line[5:].strip()
-                        if data == "[DONE]":
+                        event = sse.parse_line(line)
+                        if event is None:
+                            continue
+                        if event.done:
                             break
                         now = time.perf_counter()
-                        obj = json.loads(data)
-                        if "error" in obj:
-                            status, error = "error", f"error in stream: {obj['error']}"
+                        if event.data is None:
+                            status, error = "error", f"a stream event is not JSON: {event.invalid!r:.200}"
                             break
-                        usage = obj.get("usage") or usage
-                        text, reason = _parse_chunk(obj, chat)
+                        if event.error is not None:
+                            status, error = "error", f"error in stream: {event.error}"
+                            break
+                        usage = event.data.get("usage") or usage
+                        text, reason = sse.chunk_text(event.data)
                         if text:
                             chunk_times.append(now)
                         finish = reason or finish
@@ -129,15 +134,24 @@ async def send_request(client: httpx.AsyncClient, url: str, model: str, request:
         status, error = "timeout", f"no complete answer within {timeout_s:g} s"
     except httpx.ConnectError as err:
         status, error, refused = "error", f"connection failed: {err}", True
-    except (httpx.HTTPError, json.JSONDecodeError) as err:
+    except httpx.HTTPError as err:
         status, error = "error", f"{type(err).__name__}: {err}"
     end = time.perf_counter()
     output_tokens = usage.get("completion_tokens") if usage else None
     input_tokens = usage.get("prompt_tokens") if usage else request.input_tokens
     record = RequestRecord.from_timestamps(
-        index, sent, chunk_times, end, run_start=run_start, status=status,  # type: ignore[arg-type]
-        output_tokens=output_tokens, input_tokens=input_tokens, max_tokens=request.max_tokens,
-        client_queue_s=client_queue_s, finish_reason=finish, error=error,
+        index,
+        sent,
+        chunk_times,
+        end,
+        run_start=run_start,
+        status=status,  # type: ignore[arg-type]
+        output_tokens=output_tokens,
+        input_tokens=input_tokens,
+        max_tokens=request.max_tokens,
+        client_queue_s=client_queue_s,
+        finish_reason=finish,
+        error=error,
     )
     return record, refused
 
@@ -147,18 +161,27 @@ async def check_server(client: httpx.AsyncClient, base_url: str) -> None:
     try:
         response = await client.get(base_url.rstrip("/") + "/models", timeout=5.0)
     except httpx.HTTPError as err:
-        raise ServelabError(f"The server at {base_url} is unreachable ({type(err).__name__}: {err}).",
-                            UNREACHABLE_FIX) from None
+        raise ServelabError(
+            f"The server at {base_url} is unreachable ({type(err).__name__}: {err}).", UNREACHABLE_FIX
+        ) from None
     if response.status_code == 404:
-        raise ServelabError(f"{base_url}/models answered 404: that is not the root of an OpenAI API.",
-                            "pass the API root, which ends in /v1 (engine.base_url), not engine.url")
+        raise ServelabError(
+            f"{base_url}/models answered 404: that is not the root of an OpenAI API.",
+            "pass the API root, which ends in /v1 (engine.base_url), not engine.url",
+        )
 
 
 class _Run:
     """Shared state of one run: records, the consecutive-refusal counter, the limits, the stop flag."""
 
-    def __init__(self, num_requests: int | None, duration_s: float | None, max_connect_failures: int,
-                 stop: threading.Event, bar: tqdm) -> None:
+    def __init__(
+        self,
+        num_requests: int | None,
+        duration_s: float | None,
+        max_connect_failures: int,
+        stop: threading.Event,
+        bar: tqdm,
+    ) -> None:
         self.records: list[RequestRecord] = []
         self.num_requests = num_requests
         self.duration_s = duration_s
@@ -184,8 +207,16 @@ class _Run:
             raise _ServerGone(f"{self.refused_in_a_row} connections refused in a row; last: {record.error}")
 
 
-async def _warm_up(client: httpx.AsyncClient, url: str, model: str, requests: Iterator[Request],
-                   endpoint: Endpoint, timeout_s: float, count: int, parallel: int) -> None:
+async def _warm_up(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    requests: Iterator[Request],
+    endpoint: Endpoint,
+    timeout_s: float,
+    count: int,
+    parallel: int,
+) -> None:
     """Unrecorded requests first, so one-time costs (graph capture, page faults) skew no figure."""
     remaining = count
     while remaining > 0:
@@ -196,8 +227,9 @@ async def _warm_up(client: httpx.AsyncClient, url: str, model: str, requests: It
             raise _ServerGone(f"every warm-up request was refused; last: {outcomes[-1][0].error}")
 
 
-async def _closed_loop(run: _Run, concurrency: int, issue: Callable[[Request, int, float], Any],
-                       requests: Iterator[Request]) -> None:
+async def _closed_loop(
+    run: _Run, concurrency: int, issue: Callable[[Request, int, float], Any], requests: Iterator[Request]
+) -> None:
     async def worker() -> None:
         while run.may_issue():
             index = run.issued
@@ -209,8 +241,15 @@ async def _closed_loop(run: _Run, concurrency: int, issue: Callable[[Request, in
             group.create_task(worker())
 
 
-async def _open_loop(run: _Run, request_rate: float, burstiness: float, seed: int, concurrency: int | None,
-                     issue: Callable[[Request, int, float], Any], requests: Iterator[Request]) -> None:
+async def _open_loop(
+    run: _Run,
+    request_rate: float,
+    burstiness: float,
+    seed: int,
+    concurrency: int | None,
+    issue: Callable[[Request, int, float], Any],
+    requests: Iterator[Request],
+) -> None:
     slots = asyncio.Semaphore(concurrency) if concurrency else None
 
     async def one(request: Request, index: int) -> None:
@@ -246,16 +285,24 @@ def _gap_stream(request_rate: float, burstiness: float, seed: int, block: int = 
         yield from rng.gamma(burstiness, 1.0 / (request_rate * burstiness), size=block).tolist()
 
 
-def _validate(concurrency: int | None, request_rate: float | None, num_requests: int | None,
-              duration_s: float | None, timeout_s: float) -> None:
+def _validate(
+    concurrency: int | None,
+    request_rate: float | None,
+    num_requests: int | None,
+    duration_s: float | None,
+    timeout_s: float,
+) -> None:
     if num_requests is None and duration_s is None:
-        raise ServelabError("The run has no end: num_requests and duration_s are both None.",
-                            "set num_requests=50, or duration_s=30, or both")
+        raise ServelabError(
+            "The run has no end: num_requests and duration_s are both None.",
+            "set num_requests=50, or duration_s=30, or both",
+        )
     if concurrency is not None and concurrency < 1:
         raise ServelabError(f"concurrency={concurrency} must be at least 1.", "use concurrency=1 or more")
     if request_rate is not None and request_rate <= 0:
-        raise ServelabError(f"request_rate={request_rate} must be > 0.", "use request_rate=float('inf') "
-                            "to send everything at once")
+        raise ServelabError(
+            f"request_rate={request_rate} must be > 0.", "use request_rate=float('inf') to send everything at once"
+        )
     if timeout_s <= 0:
         raise ServelabError(f"timeout_s={timeout_s} must be > 0.", "use e.g. timeout_s=60")
 
@@ -289,10 +336,19 @@ async def run_benchmark_async(
     url = _api_url(base_url, endpoint)
     mode = "open-loop" if request_rate is not None else "closed-loop"
     config = {
-        "base_url": base_url, "model": model, "endpoint": endpoint, "mode": mode,
-        "concurrency": concurrency, "request_rate": request_rate, "burstiness": burstiness,
-        "num_requests": num_requests, "duration_s": duration_s, "warmup": warmup, "timeout_s": timeout_s,
-        "seed": seed, "workload": workload.describe(),
+        "base_url": base_url,
+        "model": model,
+        "endpoint": endpoint,
+        "mode": mode,
+        "concurrency": concurrency,
+        "request_rate": request_rate,
+        "burstiness": burstiness,
+        "num_requests": num_requests,
+        "duration_s": duration_s,
+        "warmup": warmup,
+        "timeout_s": timeout_s,
+        "seed": seed,
+        "workload": workload.describe(),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -300,22 +356,48 @@ async def run_benchmark_async(
     # The harness limits concurrency itself; httpx's own pool limit would add a hidden queue to TTFT.
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=max(concurrency or 0, 64))
     stop = stop or threading.Event()
-    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s + 5.0, connect=min(timeout_s, 10.0)),
-                                 limits=limits, headers=headers, trust_env=not loopback) as client:
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s + 5.0, connect=min(timeout_s, 10.0)),
+        limits=limits,
+        headers=headers,
+        trust_env=not loopback,
+    ) as client:
         if health_check:
             await check_server(client, base_url)
-        bar = tqdm(total=num_requests, desc=f"bench {mode} " + (f"rate={request_rate:g}/s" if request_rate
-                   else f"c={concurrency}"), unit="req", disable=not progress, leave=False)
+        bar = tqdm(
+            total=num_requests,
+            desc=f"bench {mode} " + (f"rate={request_rate:g}/s" if request_rate else f"c={concurrency}"),
+            unit="req",
+            disable=not progress,
+            leave=False,
+        )
         run = _Run(num_requests, duration_s, max_connect_failures, stop, bar)
         try:
             if warmup:
-                await _warm_up(client, url, model, workload.requests(seed + 1_000_003), endpoint, timeout_s,
-                               warmup, concurrency or 1)
+                await _warm_up(
+                    client,
+                    url,
+                    model,
+                    workload.requests(seed + 1_000_003),
+                    endpoint,
+                    timeout_s,
+                    warmup,
+                    concurrency or 1,
+                )
             run.start = time.perf_counter()  # the clock starts after warm-up
 
             def issue(request: Request, index: int, queue_s: float):  # type: ignore[no-untyped-def]
-                return send_request(client, url, model, request, endpoint, timeout_s, index=index,
-                                    run_start=run.start, client_queue_s=queue_s)
+                return send_request(
+                    client,
+                    url,
+                    model,
+                    request,
+                    endpoint,
+                    timeout_s,
+                    index=index,
+                    run_start=run.start,
+                    client_queue_s=queue_s,
+                )
 
             requests = workload.requests(seed)
             if request_rate is None:
@@ -326,8 +408,9 @@ async def run_benchmark_async(
         except (_ServerGone, BaseExceptionGroup) as err:
             first = _first_leaf(err)
             if isinstance(first, _ServerGone):
-                raise ServelabError(f"The server at {base_url} stopped accepting connections ({first}).",
-                                    UNREACHABLE_FIX) from None
+                raise ServelabError(
+                    f"The server at {base_url} stopped accepting connections ({first}).", UNREACHABLE_FIX
+                ) from None
             raise first from None  # a plain traceback, not a task group's, for anything unexpected
         finally:
             bar.close()
@@ -355,26 +438,12 @@ def run_benchmark(base_url: str, model: str, workload: Workload, **options: Any)
     Works in a plain script and in Jupyter, whose event loop is already running: there the run goes
     to a worker thread with its own loop; interrupting the kernel stops new requests from being sent.
     """
-    stop = threading.Event()
-
-    def start() -> BenchResult:
-        return asyncio.run(run_benchmark_async(base_url, model, workload, stop=stop, **options))
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return start()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="servelab-bench") as pool:
-        future = pool.submit(start)
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            stop.set()
-            raise
+    return run_sync(
+        lambda stop: run_benchmark_async(base_url, model, workload, stop=stop, **options), thread_name="servelab-bench"
+    )
 
 
-def _sweep(label: str, values: list[Any], run: Callable[[Any], BenchResult], save_dir: Any,
-           name: str) -> pd.DataFrame:
+def _sweep(label: str, values: list[Any], run: Callable[[Any], BenchResult], save_dir: Any, name: str) -> pd.DataFrame:
     rows = []
     for value in values:
         result = run(value)
@@ -384,9 +453,18 @@ def _sweep(label: str, values: list[Any], run: Callable[[Any], BenchResult], sav
     return pd.DataFrame(rows)
 
 
-def sweep_concurrency(base_url: str, model: str, workload: Workload, levels: list[int], *,
-                      save_dir: Any = None, name: str = "sweep", requests_per_user: int | None = None,
-                      min_requests: int = 4, **run_options: Any) -> pd.DataFrame:
+def sweep_concurrency(
+    base_url: str,
+    model: str,
+    workload: Workload,
+    levels: list[int],
+    *,
+    save_dir: Any = None,
+    name: str = "sweep",
+    requests_per_user: int | None = None,
+    min_requests: int = 4,
+    **run_options: Any,
+) -> pd.DataFrame:
     """One closed-loop run per concurrency level; one summary row per level (column ``concurrency``).
 
     Each level needs several requests per user to measure a steady state: with ``requests_per_user``
@@ -394,6 +472,7 @@ def sweep_concurrency(base_url: str, model: str, workload: Workload, levels: lis
     ``num_requests`` from ``run_options`` applies to every level. ``run_options`` go to
     :func:`run_benchmark`. With ``save_dir`` each run is also saved.
     """
+
     def run(c: int) -> BenchResult:
         options = dict(run_options)
         if requests_per_user is not None:
@@ -403,12 +482,25 @@ def sweep_concurrency(base_url: str, model: str, workload: Workload, levels: lis
     return _sweep("concurrency", list(levels), run, save_dir, name)
 
 
-def sweep_rate(base_url: str, model: str, workload: Workload, rates: list[float], *,
-               save_dir: Any = None, name: str = "sweep", **run_options: Any) -> pd.DataFrame:
+def sweep_rate(
+    base_url: str,
+    model: str,
+    workload: Workload,
+    rates: list[float],
+    *,
+    save_dir: Any = None,
+    name: str = "sweep",
+    **run_options: Any,
+) -> pd.DataFrame:
     """One open-loop run per request rate (req/s); one summary row per rate (column ``request_rate``).
 
     Pass ``concurrency`` in ``run_options`` to cap requests in flight, ``burstiness`` for burstier
     arrivals.
     """
-    return _sweep("request_rate", list(rates), lambda r: run_benchmark(
-        base_url, model, workload, request_rate=r, **run_options), save_dir, name)
+    return _sweep(
+        "request_rate",
+        list(rates),
+        lambda r: run_benchmark(base_url, model, workload, request_rate=r, **run_options),
+        save_dir,
+        name,
+    )

@@ -16,11 +16,11 @@ Run the stub alone with ``python -m servelab.bench.overhead --port 8123``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
+from servelab import sse
 from servelab.paths import logs_dir
 from servelab.procs import ManagedServer, free_port
 
@@ -43,28 +43,39 @@ def build_app() -> Any:
         chat = request.url.path.endswith("/chat/completions")
         n = int(body.get("max_tokens") or 16)
         if chat:
-            chunk = {"object": "chat.completion.chunk", "model": STUB_MODEL,
-                     "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}]}
+            chunk = {
+                "object": "chat.completion.chunk",
+                "model": STUB_MODEL,
+                "choices": [{"index": 0, "delta": {"content": " tok"}, "finish_reason": None}],
+            }
         else:
-            chunk = {"object": "text_completion", "model": STUB_MODEL,
-                     "choices": [{"index": 0, "text": " tok", "finish_reason": None}]}
-        line = f"data: {json.dumps(chunk)}\n\n"
+            chunk = {
+                "object": "text_completion",
+                "model": STUB_MODEL,
+                "choices": [{"index": 0, "text": " tok", "finish_reason": None}],
+            }
+        line = sse.data_line(chunk)
         usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}
-        tail = f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n" \
-            if (body.get("stream_options") or {}).get("include_usage") else ""
+        tail = (
+            sse.data_line({"choices": [], "usage": usage})
+            if (body.get("stream_options") or {}).get("include_usage")
+            else b""
+        )
 
         async def stream():  # type: ignore[no-untyped-def]
             for _ in range(n):
                 yield line
-            yield tail + "data: [DONE]\n\n"
+            yield tail + sse.DONE
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
-    return Starlette(routes=[
-        Route("/v1/models", models),
-        Route("/v1/completions", complete, methods=["POST"]),
-        Route("/v1/chat/completions", complete, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/completions", complete, methods=["POST"]),
+            Route("/v1/chat/completions", complete, methods=["POST"]),
+        ]
+    )
 
 
 def start_stub_server(ready_timeout: float = 30.0) -> ManagedServer:
@@ -73,15 +84,22 @@ def start_stub_server(ready_timeout: float = 30.0) -> ManagedServer:
     server = ManagedServer(
         name="instant stub server (client-ceiling test, not an engine)",
         command=[sys.executable, "-m", "servelab.bench.overhead", "--port", str(port)],
-        port=port, log_path=logs_dir() / f"bench-stub-{port}-{int(time.time())}.log", ready_path="/v1/models",
+        port=port,
+        log_path=logs_dir() / f"bench-stub-{port}-{int(time.time())}.log",
+        ready_path="/v1/models",
     )
     server.start()
     server.wait_ready(ready_timeout)
     return server
 
 
-def measure_client_ceiling(concurrency: int = 16, num_requests: int = 400, chunks: int = 32,
-                           endpoint: str = "completions", progress: bool = False) -> dict[str, Any]:
+def measure_client_ceiling(
+    concurrency: int = 16,
+    num_requests: int = 400,
+    chunks: int = 32,
+    endpoint: str = "completions",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Requests/s and chunks/s the harness reaches when the server costs nothing.
 
     Keep ``num_requests`` modest on a shared machine: a few hundred take a few seconds.
@@ -91,9 +109,17 @@ def measure_client_ceiling(concurrency: int = 16, num_requests: int = 400, chunk
 
     workload = fixed_workload(input_tokens=8, output_tokens=chunks, engine_kind="openai")
     with start_stub_server() as server:
-        result = run_benchmark(server.url + "/v1", STUB_MODEL, workload, concurrency=concurrency,
-                               num_requests=num_requests, warmup=concurrency, timeout_s=30.0,
-                               endpoint=endpoint, progress=progress)  # type: ignore[arg-type]
+        result = run_benchmark(
+            server.url + "/v1",
+            STUB_MODEL,
+            workload,
+            concurrency=concurrency,
+            num_requests=num_requests,
+            warmup=concurrency,
+            timeout_s=30.0,
+            endpoint=endpoint,
+            progress=progress,
+        )  # type: ignore[arg-type]
     s = result.summary
     return {
         "label": LABEL,

@@ -68,8 +68,18 @@ class RequestRecord:
         e2e = end - sent
         tpot = (e2e - ttft) / (tokens - 1) if ttft is not None and tokens >= 2 and status == "ok" else None
         itl = [b - a for a, b in zip(chunk_times, chunk_times[1:])]
-        return cls(index=index, start_s=sent - run_start, status=status, ttft_s=ttft, itl_s=itl, tpot_s=tpot,
-                   e2e_s=e2e, input_tokens=input_tokens, output_tokens=tokens, **other)
+        return cls(
+            index=index,
+            start_s=sent - run_start,
+            status=status,
+            ttft_s=ttft,
+            itl_s=itl,
+            tpot_s=tpot,
+            e2e_s=e2e,
+            input_tokens=input_tokens,
+            output_tokens=tokens,
+            **other,
+        )
 
     @property
     def ok(self) -> bool:
@@ -93,8 +103,9 @@ def meets_slo(record: RequestRecord, slo_ttft_s: float | None, slo_tpot_s: float
     return not (slo_tpot_s is not None and record.tpot_s is not None and record.tpot_s > slo_tpot_s)
 
 
-def summarize(records: list[RequestRecord], duration_s: float, slo_ttft_s: float | None = None,
-              slo_tpot_s: float | None = None) -> dict[str, Any]:
+def summarize(
+    records: list[RequestRecord], duration_s: float, slo_ttft_s: float | None = None, slo_tpot_s: float | None = None
+) -> dict[str, Any]:
     """The run's figures as one flat dict (one row of a sweep's DataFrame)."""
     ok = [r for r in records if r.ok]
     duration = max(duration_s, 1e-9)
@@ -147,9 +158,12 @@ class BenchResult:
         return self.summarize()
 
     def summarize(self, slo_ttft_s: float | None = None, slo_tpot_s: float | None = None) -> dict[str, Any]:
-        return summarize(self.records, self.duration_s,
-                         self.slo_ttft_s if slo_ttft_s is None else slo_ttft_s,
-                         self.slo_tpot_s if slo_tpot_s is None else slo_tpot_s)
+        return summarize(
+            self.records,
+            self.duration_s,
+            self.slo_ttft_s if slo_ttft_s is None else slo_ttft_s,
+            self.slo_tpot_s if slo_tpot_s is None else slo_tpot_s,
+        )
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per request, in the order they were sent; ``itl_s`` stays a list per row."""
@@ -164,8 +178,14 @@ class BenchResult:
         frame = self.to_dataframe()
         frame["itl_s"] = frame["itl_s"].map(json.dumps)
         frame.to_csv(csv_path, index=False)
-        doc = {"summary": self.summary, "config": self.config, "duration_s": self.duration_s,
-               "slo_ttft_s": self.slo_ttft_s, "slo_tpot_s": self.slo_tpot_s, "records_csv": csv_path.name}
+        doc = {
+            "summary": self.summary,
+            "config": self.config,
+            "duration_s": self.duration_s,
+            "slo_ttft_s": self.slo_ttft_s,
+            "slo_tpot_s": self.slo_tpot_s,
+            "records_csv": csv_path.name,
+        }
         json_path.write_text(json.dumps(doc, indent=2, default=str))
         return {"json": json_path, "csv": csv_path}
 
@@ -199,16 +219,22 @@ class BenchResult:
             f"{s['total_token_throughput']:.1f} total tok/s",
         ]
         for metric in METRICS:
-            lines.append(f"{metric.upper():>5} ms: mean {ms(metric + '_mean_s')}  p50 {ms(metric + '_p50_s')}  "
-                         f"p90 {ms(metric + '_p90_s')}  p99 {ms(metric + '_p99_s')}")
+            lines.append(
+                f"{metric.upper():>5} ms: mean {ms(metric + '_mean_s')}  p50 {ms(metric + '_p50_s')}  "
+                f"p90 {ms(metric + '_p90_s')}  p99 {ms(metric + '_p99_s')}"
+            )
         if s["slo_ttft_s"] is not None or s["slo_tpot_s"] is not None:
-            lines.append(f"goodput: {s['goodput']:.2f} req/s ({s['goodput_fraction']:.0%} of requests met "
-                         f"TTFT<={s['slo_ttft_s']} s, TPOT<={s['slo_tpot_s']} s)")
+            lines.append(
+                f"goodput: {s['goodput']:.2f} req/s ({s['goodput_fraction']:.0%} of requests met "
+                f"TTFT<={s['slo_ttft_s']} s, TPOT<={s['slo_tpot_s']} s)"
+            )
         if s["first_error"]:
             lines.append(f"first error: {s['first_error']}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         s = self.summary
-        return (f"<BenchResult {s['ok']}/{s['requests']} ok, {s['output_token_throughput']:.1f} tok/s, "
-                f"ttft p50 {s['ttft_p50_s']}>")
+        return (
+            f"<BenchResult {s['ok']}/{s['requests']} ok, {s['output_token_throughput']:.1f} tok/s, "
+            f"ttft p50 {s['ttft_p50_s']}>"
+        )

@@ -21,33 +21,172 @@ from typing import Any, Literal
 
 import numpy as np
 
+from servelab.engines.kinds import EngineKind
 from servelab.errors import ServelabError
-from servelab.paths import repo_root
+from servelab.paths import data_path
 
-EngineKind = Literal["vllm", "llamacpp", "openai"]
+# How to force full-length answers: an engine the kit knows, or any other OpenAI-compatible server.
+ServerKind = Literal[EngineKind, "openai"]
 Endpoint = Literal["completions", "chat"]
 Lengths = int | tuple[int, int]
 
 SMOLLM2_EOS_ID = 2  # <|im_end|>, also the end-of-text token of SmolLM2's completions
 _PREFIX_SEED = 20_231_023  # fixed: the shared prefix is one text, whatever the workload's seed
-DATASET_PATH = repo_root() / "data" / "prompts" / "bench_prompts.jsonl"
+
+
+def dataset_path() -> Path:
+    """The kit's prompt set (``data/prompts/bench_prompts.jsonl``, see its README)."""
+    return data_path("prompts", "bench_prompts.jsonl")
+
 
 # Common English words; nearly all are one token in BPE vocabularies, so the estimate stays close
 # even without the tokenizer. Prompts are random sentences of them: distinct per request, so a
 # prefix cache cannot make one synthetic run look faster than another.
-_WORDS = (
-    "the of and to in is was for on that with as it by at from his an were are which this be or "
-    "has had one first not their its new after but who they have her she two been other when there "
-    "all during into school time may years more most only over city some world would where later up "
-    "such used many can state about national out known university united then made team between "
-    "season he well also early part three this film series system under second year war until high "
-    "music since both following each group team three river north south east west light water house "
-    "road small large long short green blue red old young good great little right left open close "
-    "book table window garden morning evening summer winter market village island mountain forest"
-).split()
+_WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "it",
+    "by",
+    "at",
+    "from",
+    "his",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "one",
+    "first",
+    "not",
+    "their",
+    "its",
+    "new",
+    "after",
+    "but",
+    "who",
+    "they",
+    "have",
+    "her",
+    "she",
+    "two",
+    "been",
+    "other",
+    "when",
+    "there",
+    "all",
+    "during",
+    "into",
+    "school",
+    "time",
+    "may",
+    "years",
+    "more",
+    "most",
+    "only",
+    "over",
+    "city",
+    "some",
+    "world",
+    "would",
+    "where",
+    "later",
+    "up",
+    "such",
+    "used",
+    "many",
+    "can",
+    "state",
+    "about",
+    "national",
+    "out",
+    "known",
+    "university",
+    "united",
+    "then",
+    "made",
+    "team",
+    "between",
+    "season",
+    "he",
+    "well",
+    "also",
+    "early",
+    "part",
+    "three",
+    "this",
+    "film",
+    "series",
+    "system",
+    "under",
+    "second",
+    "year",
+    "war",
+    "until",
+    "high",
+    "music",
+    "since",
+    "both",
+    "following",
+    "each",
+    "group",
+    "team",
+    "three",
+    "river",
+    "north",
+    "south",
+    "east",
+    "west",
+    "light",
+    "water",
+    "house",
+    "road",
+    "small",
+    "large",
+    "long",
+    "short",
+    "green",
+    "blue",
+    "red",
+    "old",
+    "young",
+    "good",
+    "great",
+    "little",
+    "right",
+    "left",
+    "open",
+    "close",
+    "book",
+    "table",
+    "window",
+    "garden",
+    "morning",
+    "evening",
+    "summer",
+    "winter",
+    "market",
+    "village",
+    "island",
+    "mountain",
+    "forest",
+]
 
 
-def length_forcing_body(engine_kind: EngineKind, eos_token_id: int = SMOLLM2_EOS_ID) -> dict[str, Any]:
+def length_forcing_body(engine_kind: ServerKind, eos_token_id: int = SMOLLM2_EOS_ID) -> dict[str, Any]:
     """Extra request fields that make the engine generate exactly ``max_tokens`` tokens.
 
     vLLM has ``ignore_eos``. llama-cpp-python's server does not; a logit bias of -100 on the EOS
@@ -60,8 +199,10 @@ def length_forcing_body(engine_kind: EngineKind, eos_token_id: int = SMOLLM2_EOS
         return {"logit_bias": {str(eos_token_id): -100}}
     if engine_kind == "openai":
         return {}
-    raise ServelabError(f"engine_kind {engine_kind!r} is not one of 'vllm', 'llamacpp', 'openai'.",
-                        "pass engine_kind=engine.kind, or 'openai' for any other server")
+    raise ServelabError(
+        f"engine_kind {engine_kind!r} is not one of 'vllm', 'llamacpp', 'openai'.",
+        "pass engine_kind=engine.kind, or 'openai' for any other server",
+    )
 
 
 class TokenCounter:
@@ -99,7 +240,7 @@ class TokenCounter:
 
 def _default_tokenizer_file() -> Path | None:
     try:
-        from servelab.model import hf_dir
+        from servelab.engines.model import hf_dir
 
         return hf_dir() / "tokenizer.json"
     except Exception:
@@ -125,8 +266,13 @@ class Request:
 
     def body(self, model: str, endpoint: Endpoint) -> dict[str, Any]:
         """The JSON body for ``/v1/completions`` or ``/v1/chat/completions`` (always streamed)."""
-        body: dict[str, Any] = {"model": model, "max_tokens": self.max_tokens, "temperature": 0.0,
-                                "stream": True, "stream_options": {"include_usage": True}}
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": self.max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         if endpoint == "chat":
             body["messages"] = [{"role": "user", "content": self.prompt}]
         else:
@@ -144,10 +290,15 @@ def _draw(lengths: Lengths, rng: np.random.Generator) -> int:
 
 def _check_lengths(name: str, lengths: Lengths | None) -> None:
     values = [lengths] if isinstance(lengths, int) else list(lengths or [])
-    if (len(values) not in (1, 2) or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values)
-            or values != sorted(values)):
-        raise ServelabError(f"{name}={lengths!r} is not a positive length or a (low, high) range.",
-                            f"use e.g. {name}=128 or {name}=(32, 512)")
+    if (
+        len(values) not in (1, 2)
+        or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in values)
+        or values != sorted(values)
+    ):
+        raise ServelabError(
+            f"{name}={lengths!r} is not a positive length or a (low, high) range.",
+            f"use e.g. {name}=128 or {name}=(32, 512)",
+        )
 
 
 @dataclass
@@ -161,7 +312,7 @@ class Workload:
     kind: Literal["fixed", "random", "dataset"]
     input_tokens: Lengths | None = None
     output_tokens: Lengths | None = None
-    engine_kind: EngineKind = "openai"
+    engine_kind: ServerKind = "openai"
     force_length: bool = True
     eos_token_id: int = SMOLLM2_EOS_ID
     dataset_path: Path | None = None
@@ -173,8 +324,10 @@ class Workload:
     def __post_init__(self) -> None:
         length_forcing_body(self.engine_kind)  # validates engine_kind early
         if self.shared_prefix_tokens < 0:
-            raise ServelabError(f"shared_prefix_tokens={self.shared_prefix_tokens} is negative",
-                                "use 0 (no shared prefix) or a token count such as 512")
+            raise ServelabError(
+                f"shared_prefix_tokens={self.shared_prefix_tokens} is negative",
+                "use 0 (no shared prefix) or a token count such as 512",
+            )
         if self.output_tokens is not None:
             _check_lengths("output_tokens", self.output_tokens)
         if self.kind != "dataset":
@@ -225,7 +378,7 @@ class Workload:
             "output_tokens": self.output_tokens,
             "engine_kind": self.engine_kind,
             "extra_body": self.extra_body,
-            "dataset": str(self.dataset_path or DATASET_PATH) if self.kind == "dataset" else None,
+            "dataset": str(self.dataset_path or dataset_path()) if self.kind == "dataset" else None,
             "exact_token_counts": token_counter(self.tokenizer_file).exact,
             "shared_prefix_tokens": self.shared_prefix_tokens,
         }
@@ -243,35 +396,47 @@ def synthetic_prompt(n_tokens: int, rng: np.random.Generator, counter: TokenCoun
     return counter.truncate(" ".join(words), n_tokens)
 
 
-def fixed_workload(input_tokens: int = 128, output_tokens: int = 64, engine_kind: EngineKind = "openai",
-                   **options: Any) -> Workload:
+def fixed_workload(
+    input_tokens: int = 128, output_tokens: int = 64, engine_kind: ServerKind = "openai", **options: Any
+) -> Workload:
     """Every request has the same prompt length and answer length: the cleanest comparison."""
     return Workload("fixed", input_tokens, output_tokens, engine_kind, **options)
 
 
-def random_workload(input_tokens: tuple[int, int] = (32, 512), output_tokens: tuple[int, int] = (16, 128),
-                    engine_kind: EngineKind = "openai", **options: Any) -> Workload:
+def random_workload(
+    input_tokens: tuple[int, int] = (32, 512),
+    output_tokens: tuple[int, int] = (16, 128),
+    engine_kind: ServerKind = "openai",
+    **options: Any,
+) -> Workload:
     """Lengths drawn uniformly from inclusive ranges: closer to real traffic, still reproducible."""
     return Workload("random", input_tokens, output_tokens, engine_kind, **options)
 
 
-def dataset_workload(path: Path | str | None = None, output_tokens: Lengths | None = None,
-                     engine_kind: EngineKind = "openai", **options: Any) -> Workload:
+def dataset_workload(
+    path: Path | str | None = None,
+    output_tokens: Lengths | None = None,
+    engine_kind: ServerKind = "openai",
+    **options: Any,
+) -> Workload:
     """Prompts from a JSONL file (default: the kit's ``data/prompts/bench_prompts.jsonl``).
 
     Each row has ``prompt`` and ``output_tokens`` (the length a good answer would have);
     ``output_tokens`` here overrides the rows when given.
     """
-    return Workload("dataset", None, output_tokens, engine_kind,
-                    dataset_path=Path(path) if path is not None else None, **options)
+    return Workload(
+        "dataset", None, output_tokens, engine_kind, dataset_path=Path(path) if path is not None else None, **options
+    )
 
 
 def load_dataset(path: Path | None = None) -> list[dict[str, Any]]:
     """Rows of a prompt JSONL file: ``{"prompt": str, "output_tokens": int, ...}`` per line."""
-    path = path or DATASET_PATH
+    path = path or dataset_path()
     if not path.is_file():
-        raise ServelabError(f"The prompt dataset {path} does not exist.",
-                            "pass path= to a JSONL file with 'prompt' and 'output_tokens' per line")
+        raise ServelabError(
+            f"The prompt dataset {path} does not exist.",
+            "pass path= to a JSONL file with 'prompt' and 'output_tokens' per line",
+        )
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

@@ -14,13 +14,16 @@ Why the kit has its own instead of an existing gateway (checked in 2026, see not
 
 The gateway here is small on purpose (FastAPI + httpx + ``limits`` + ``prometheus_client``), with
 one module per job, so a learner can read every decision: :mod:`.config`, :mod:`.auth`,
-:mod:`.ratelimit`, :mod:`.replicas`, :mod:`.proxy`, :mod:`.audit`, :mod:`.metrics`, :mod:`.app`.
+:mod:`.ratelimit`, :mod:`.replicas`, :mod:`.proxy`, :mod:`.audit`, :mod:`.metrics`, :mod:`.app`;
+:mod:`.launch` starts it as a managed process for notebooks and tests. The deployable part imports
+nothing else of the kit but :mod:`servelab.errors` and :mod:`servelab.sse` (``pip install .[gateway]``).
 In production with a cluster and a database, LiteLLM or Envoy AI Gateway are sound choices; the
 practices are the same.
 
 Typical use::
 
-    from servelab.gateway import GatewayConfig, KeyConfig, ReplicaConfig, start_gateway
+    from servelab.gateway import GatewayConfig, KeyConfig, ReplicaConfig
+    from servelab.gateway.launch import start_gateway
     config = GatewayConfig(replicas=[ReplicaConfig(name="a", url=engine.url)],
                            keys=[KeyConfig.from_secret("alice", "sk-demo-alice")])
     with start_gateway(config) as gateway:
@@ -29,7 +32,5 @@ Typical use::
 
 from servelab.gateway.audit import read_audit
 from servelab.gateway.config import GatewayConfig, KeyConfig, ReplicaConfig, hash_key, load_config, write_config
-from servelab.gateway.server import Gateway, start_gateway
 
-__all__ = ["Gateway", "GatewayConfig", "KeyConfig", "ReplicaConfig", "hash_key", "load_config", "read_audit",
-           "start_gateway", "write_config"]
+__all__ = ["GatewayConfig", "KeyConfig", "ReplicaConfig", "hash_key", "load_config", "read_audit", "write_config"]

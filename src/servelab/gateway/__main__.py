@@ -1,6 +1,6 @@
 """``python -m servelab.gateway --config FILE``: run the gateway in the foreground with uvicorn.
 
-This is the command the Kubernetes Deployment runs and the one :func:`servelab.gateway.start_gateway`
+This is the command the Kubernetes Deployment runs and the one :func:`servelab.gateway.launch.start_gateway`
 starts as a managed process. ``servelab gateway serve`` is the same thing from the kit's CLI.
 """
 
@@ -26,8 +26,14 @@ def serve(config_path: str, host: str = "127.0.0.1", port: int = 8080, log_level
 
     config = load_config(config_path)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(config), host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    uvicorn.run(
+        create_app(config),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

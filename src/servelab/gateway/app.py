@@ -56,8 +56,10 @@ class AuditMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                   (b"x-request-id", record.request_id.encode())]}
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", record.request_id.encode())],
+                }
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -78,8 +80,12 @@ class AuditMiddleware:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with a 413 as soon as it is known to exceed ``limit`` bytes."""
-    too_large = GatewayError(413, (f"Request body is larger than the gateway's limit of {limit} bytes: send a "
-                                   "shorter prompt."), "request_too_large", "too_large")
+    too_large = GatewayError(
+        413,
+        (f"Request body is larger than the gateway's limit of {limit} bytes: send a shorter prompt."),
+        "request_too_large",
+        "too_large",
+    )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -96,12 +102,19 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise GatewayError(400, (f"Request body is not valid JSON ({err}). Send a JSON object such as "
-                                 '{"model": "...", "prompt": "Hello", "max_tokens": 16}.'),
-                           "invalid_json", "bad_request") from None
+        raise GatewayError(
+            400,
+            (
+                f"Request body is not valid JSON ({err}). Send a JSON object such as "
+                '{"model": "...", "prompt": "Hello", "max_tokens": 16}.'
+            ),
+            "invalid_json",
+            "bad_request",
+        ) from None
     if not isinstance(body, dict):
-        raise GatewayError(400, f"Request body must be a JSON object, not a JSON {type(body).__name__}.",
-                           "invalid_json", "bad_request")
+        raise GatewayError(
+            400, f"Request body must be a JSON object, not a JSON {type(body).__name__}.", "invalid_json", "bad_request"
+        )
     return body
 
 
@@ -115,10 +128,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
     # Idle connections are dropped after 2 s, before the engines' own keep-alive timeout (uvicorn: 5 s)
     # can close one just as a request is sent on it. No read timeout here: the forwarder enforces one
     # deadline over the whole request (queue, answer, every chunk), which a per-read timeout cannot.
-    client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
-                               limits=httpx.Limits(max_connections=None, max_keepalive_connections=64,
-                                                   keepalive_expiry=2.0),
-                               trust_env=False)
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(None, connect=config.connect_timeout_s),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64, keepalive_expiry=2.0),
+        trust_env=False,
+    )
     pool = ReplicaPool(config, client, metrics)
     forwarder = Forwarder(config, pool, client, metrics)
 
@@ -202,10 +216,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def unknown(request: Request) -> Response:
         async def handle(record: AuditRecord) -> Response:
             admit_key(request, record)
-            raise GatewayError(404, (f"{request.method} {request.url.path} is not served by this gateway: use "
-                                     "/v1/completions, /v1/chat/completions or /v1/models."), "not_found", "not_found")
+            raise GatewayError(
+                404,
+                (
+                    f"{request.method} {request.url.path} is not served by this gateway: use "
+                    "/v1/completions, /v1/chat/completions or /v1/models."
+                ),
+                "not_found",
+                "not_found",
+            )
 
         return await guarded(request, handle)
 
     return app
-

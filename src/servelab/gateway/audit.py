@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ class AuditRecord:
     method: str
     path: str
     started: float = field(default_factory=time.perf_counter, repr=False)
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     key_id: str | None = None
     key_fingerprint: str | None = None
     model: str | None = None

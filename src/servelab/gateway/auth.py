@@ -30,14 +30,20 @@ class KeyRing:
     def authenticate(self, authorization: str | None) -> KeyConfig:
         """The key a request's ``Authorization`` header carries; a 401 for a missing or unknown key."""
         if not authorization:
-            raise GatewayError(401, "Missing API key: send the header 'Authorization: Bearer <your key>'.",
-                               "missing_api_key", "unauthorized")
+            raise GatewayError(
+                401,
+                "Missing API key: send the header 'Authorization: Bearer <your key>'.",
+                "missing_api_key",
+                "unauthorized",
+            )
         scheme, _, raw = authorization.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
-            raise GatewayError(401, "Malformed Authorization header: expected 'Bearer <your key>'.",
-                               "invalid_api_key", "unauthorized")
+            raise GatewayError(
+                401, "Malformed Authorization header: expected 'Bearer <your key>'.", "invalid_api_key", "unauthorized"
+            )
         key = self._by_hash.get(hash_key(raw.strip()))
         if key is None:
-            raise GatewayError(401, "Unknown API key: check the key you were given, or ask for one.",
-                               "invalid_api_key", "unauthorized")
+            raise GatewayError(
+                401, "Unknown API key: check the key you were given, or ask for one.", "invalid_api_key", "unauthorized"
+            )
         return key

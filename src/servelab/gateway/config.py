@@ -95,8 +95,10 @@ class GatewayConfig(_Strict):
         try:
             extra = [KeyConfig.model_validate(e) for e in entries or []]
         except ValidationError as err:
-            raise ServelabError(f"{self.keys_file} has an invalid key entry:\n{err}",
-                                "each key needs id, sha256 (servelab gateway hash-key KEY) and optional limits") from None
+            raise ServelabError(
+                f"{self.keys_file} has an invalid key entry:\n{err}",
+                "each key needs id, sha256 (servelab gateway hash-key KEY) and optional limits",
+            ) from None
         return self.keys + extra
 
 
@@ -115,14 +117,16 @@ def load_config(path: Path | str) -> GatewayConfig:
     try:
         config = GatewayConfig.model_validate(_read_yaml(path) or {})
     except ValidationError as err:
-        raise ServelabError(f"{path} is not a valid gateway config:\n{err}",
-                            "compare it with data/gateway/config.yaml") from None
+        raise ServelabError(
+            f"{path} is not a valid gateway config:\n{err}", "compare it with data/gateway/config.yaml"
+        ) from None
     if config.keys_file is not None and not config.keys_file.is_absolute():
         config.keys_file = path.parent / config.keys_file
     ids = [k.id for k in config.all_keys()]
     if len(set(ids)) != len(ids) or not ids:
-        raise ServelabError(f"{path}: key ids must be unique and at least one key is needed (found {ids})",
-                            "give every key its own id")
+        raise ServelabError(
+            f"{path}: key ids must be unique and at least one key is needed (found {ids})", "give every key its own id"
+        )
     return config
 
 

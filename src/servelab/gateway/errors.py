@@ -12,16 +12,24 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 
 # OpenAI's error "type" for each status the gateway itself produces.
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
-          503: "service_unavailable", 504: "timeout_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
 
 
 class GatewayError(Exception):
     """A request the gateway answers itself, without (or instead of) an engine's answer."""
 
-    def __init__(self, status: int, message: str, code: str, outcome: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str, outcome: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -23,21 +23,41 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("gateway_requests", "Requests answered, by key, HTTP status and outcome",
-                                ["key_id", "code", "outcome"], registry=r)
-        self.latency = Histogram("gateway_request_duration_seconds", "Time from request to the last byte sent",
-                                 ["outcome"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("gateway_tokens", "Tokens in prompts (in) and answers (out), by key",
-                              ["key_id", "direction"], registry=r)
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by key, HTTP status and outcome",
+            ["key_id", "code", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the last byte sent",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens", "Tokens in prompts (in) and answers (out), by key", ["key_id", "direction"], registry=r
+        )
         self.in_flight = Gauge("gateway_requests_in_flight", "Requests being handled now", registry=r)
-        self.upstream = Counter("gateway_upstream_attempts", "Attempts to send a request to a replica, by result",
-                                ["replica", "result"], registry=r)
-        self.cancelled = Counter("gateway_upstream_cancelled",
-                                 "Upstream requests the gateway cut off, by reason", ["reason"], registry=r)
-        self.replica_up = Gauge("gateway_replica_up", "1 if the replica passes its health check", ["replica"],
-                                registry=r)
-        self.outstanding = Gauge("gateway_replica_outstanding", "Requests the gateway has sent to a replica "
-                                 "and not yet finished", ["replica"], registry=r)
+        self.upstream = Counter(
+            "gateway_upstream_attempts",
+            "Attempts to send a request to a replica, by result",
+            ["replica", "result"],
+            registry=r,
+        )
+        self.cancelled = Counter(
+            "gateway_upstream_cancelled", "Upstream requests the gateway cut off, by reason", ["reason"], registry=r
+        )
+        self.replica_up = Gauge(
+            "gateway_replica_up", "1 if the replica passes its health check", ["replica"], registry=r
+        )
+        self.outstanding = Gauge(
+            "gateway_replica_outstanding",
+            "Requests the gateway has sent to a replica and not yet finished",
+            ["replica"],
+            registry=r,
+        )
 
     def observe(self, record: AuditRecord) -> None:
         key = record.key_id or "-"

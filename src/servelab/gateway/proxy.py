@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from servelab import sse
 from servelab.gateway.audit import AuditRecord
 from servelab.gateway.config import GatewayConfig
 from servelab.gateway.errors import ClientGone, GatewayError
@@ -73,46 +74,48 @@ class SSECounter:
     """Counts text-carrying chunks (and picks up ``usage`` if the engine sends it) in a raw SSE stream."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._decoder = sse.Decoder()
         self.tokens_out = 0
         self.usage: dict[str, Any] | None = None
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+        for event in self._decoder.feed(data):
+            if event.data is None:
                 continue
-            try:
-                obj = json.loads(line[5:])
-            except json.JSONDecodeError:
-                continue
-            self.usage = obj.get("usage") or self.usage
-            for choice in obj.get("choices") or []:
-                if choice.get("text") or (choice.get("delta") or {}).get("content"):
-                    self.tokens_out += 1
+            self.usage = event.data.get("usage") or self.usage
+            if sse.chunk_text(event.data)[0]:
+                self.tokens_out += 1
 
 
 def sse_error(message: str, code: str, type_: str) -> bytes:
     """An error event in the stream, the way OpenAI reports errors after a stream has started."""
-    body = {"error": {"message": message, "type": type_, "code": code}}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return sse.data_line({"error": {"message": message, "type": type_, "code": code}})
 
 
 class RelayedStream(StreamingResponse):
     """A streamed answer passed through from a replica; on close, however it ended (done, timeout,
     client gone), it closes the upstream response, frees the replica and completes the audit record."""
 
-    def __init__(self, first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response, replica: Replica,
-                 forwarder: Forwarder, record: AuditRecord, deadline: float) -> None:
+    def __init__(
+        self,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        upstream: httpx.Response,
+        replica: Replica,
+        forwarder: Forwarder,
+        record: AuditRecord,
+        deadline: float,
+    ) -> None:
         self._upstream, self._replica, self._forwarder, self._record = upstream, replica, forwarder, record
         self._counter = SSECounter()
         self._deadline = deadline
         self._outcome: str | None = None
-        super().__init__(self._relay(first, chunks), status_code=upstream.status_code,
-                         media_type=upstream.headers.get("content-type", "text/event-stream"),
-                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        super().__init__(
+            self._relay(first, chunks),
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", "text/event-stream"),
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
     async def _relay(self, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         self._counter.feed(first)
@@ -126,17 +129,23 @@ class RelayedStream(StreamingResponse):
                 return
             except TimeoutError:
                 self._outcome = "timeout"
-                yield sse_error(f"The request took longer than the gateway's timeout of "
-                                f"{self._forwarder.config.request_timeout_s:g} s; the stream was cut.", "timeout",
-                                "timeout_error")
+                yield sse_error(
+                    f"The request took longer than the gateway's timeout of "
+                    f"{self._forwarder.config.request_timeout_s:g} s; the stream was cut.",
+                    "timeout",
+                    "timeout_error",
+                )
                 return
             except httpx.HTTPError as err:
                 self._outcome = "upstream_error"
                 self._record.error = f"replica {self._replica.name} failed mid-stream: {type(err).__name__}"
                 self._forwarder.metrics.upstream.labels(self._replica.name, "failed").inc()
-                yield sse_error(f"The engine replica failed while streaming ({type(err).__name__}); "
-                                "this answer is incomplete. Retry the request.", "upstream_failed_mid_stream",
-                                "upstream_error")
+                yield sse_error(
+                    f"The engine replica failed while streaming ({type(err).__name__}); "
+                    "this answer is incomplete. Retry the request.",
+                    "upstream_failed_mid_stream",
+                    "upstream_error",
+                )
                 return
             self._counter.feed(chunk)
             yield chunk
@@ -160,8 +169,9 @@ class RelayedStream(StreamingResponse):
 class Forwarder:
     """Sends admitted requests to the replica pool and relays the answers."""
 
-    def __init__(self, config: GatewayConfig, pool: ReplicaPool, client: httpx.AsyncClient,
-                 metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, config: GatewayConfig, pool: ReplicaPool, client: httpx.AsyncClient, metrics: GatewayMetrics
+    ) -> None:
         self.config, self.pool, self.client, self.metrics = config, pool, client, metrics
 
     async def forward(self, request: Request, content: bytes, stream: bool, record: AuditRecord) -> Response:
@@ -192,26 +202,45 @@ class Forwarder:
                     await self.pool.mark_down(replica, f"connection failed: {type(err).__name__}")
             except httpx.HTTPError as err:  # anything else: not safe to repeat
                 self.metrics.upstream.labels(replica.name, "failed").inc()
-                raise GatewayError(502, f"Replica {replica.name} failed ({type(err).__name__}: {err}).",
-                                   "upstream_failed", "upstream_error") from None
+                raise GatewayError(
+                    502,
+                    f"Replica {replica.name} failed ({type(err).__name__}: {err}).",
+                    "upstream_failed",
+                    "upstream_error",
+                ) from None
             finally:
                 if not handed_over:
                     await self.pool.release(replica)
         record.error = last_error
-        raise GatewayError(502, (f"The engine replicas failed before answering ({last_error}; "
-                                 f"{len(tried)} tried). Retry the request."), "upstream_failed", "upstream_error")
+        raise GatewayError(
+            502,
+            (f"The engine replicas failed before answering ({last_error}; {len(tried)} tried). Retry the request."),
+            "upstream_failed",
+            "upstream_error",
+        )
 
     def _timeout(self, while_: str) -> GatewayError:
         self.metrics.cancelled.labels("timeout").inc()
-        return GatewayError(504, (f"The request took longer than the gateway's timeout of "
-                                  f"{self.config.request_timeout_s:g} s ({while_}). Retry later, or ask for fewer "
-                                  "tokens (max_tokens)."), "timeout", "timeout")
+        return GatewayError(
+            504,
+            (
+                f"The request took longer than the gateway's timeout of "
+                f"{self.config.request_timeout_s:g} s ({while_}). Retry later, or ask for fewer "
+                "tokens (max_tokens)."
+            ),
+            "timeout",
+            "timeout",
+        )
 
-    async def _attempt(self, request: Request, replica: Replica, content: bytes, stream: bool,
-                       record: AuditRecord, deadline: float) -> Response:
+    async def _attempt(
+        self, request: Request, replica: Replica, content: bytes, stream: bool, record: AuditRecord, deadline: float
+    ) -> Response:
         upstream_request = self.client.build_request(
-            request.method, replica.url + request.url.path, content=content or None,
-            headers={"content-type": "application/json"} if content else None)
+            request.method,
+            replica.url + request.url.path,
+            content=content or None,
+            headers={"content-type": "application/json"} if content else None,
+        )
         try:
             upstream = await bounded(self.client.send(upstream_request, stream=True), deadline, request)
         except TimeoutError:
@@ -247,5 +276,6 @@ class Forwarder:
             except (json.JSONDecodeError, AttributeError):
                 usage = {}
             record.tokens_in, record.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        return Response(body, status_code=upstream.status_code,
-                        media_type=upstream.headers.get("content-type", "application/json"))
+        return Response(
+            body, status_code=upstream.status_code, media_type=upstream.headers.get("content-type", "application/json")
+        )

@@ -71,9 +71,16 @@ class KeyLimiter:
         """
         requests_item, tokens_item = self._items(key)
         if tokens > key.tokens_per_minute:
-            raise GatewayError(400, (f"This request may use up to {tokens} tokens (prompt + max_tokens), more than "
-                                     f"your whole budget of {key.tokens_per_minute} tokens per minute: lower "
-                                     "max_tokens or shorten the prompt."), "request_over_token_budget", "too_many_tokens")
+            raise GatewayError(
+                400,
+                (
+                    f"This request may use up to {tokens} tokens (prompt + max_tokens), more than "
+                    f"your whole budget of {key.tokens_per_minute} tokens per minute: lower "
+                    "max_tokens or shorten the prompt."
+                ),
+                "request_over_token_budget",
+                "too_many_tokens",
+            )
         for item, cost, what in ((requests_item, 1, "requests"), (tokens_item, tokens, "tokens")):
             if not self._limiter.test(item, key.id, cost=cost):
                 raise self._refusal(key, item, what, cost)
@@ -85,6 +92,13 @@ class KeyLimiter:
         retry_after = max(1, math.ceil(stats.reset_time - time.time()))
         budget = key.requests_per_minute if what == "requests" else key.tokens_per_minute
         needed = "" if what == "requests" else f" (this request needs {cost}, {stats.remaining} left)"
-        return GatewayError(429, (f"Rate limit reached for key '{key.id}': {budget} {what} per minute{needed}. "
-                                  f"Retry after {retry_after} s."), f"rate_limit_{what}", "rate_limited",
-                            headers={"Retry-After": str(retry_after)})
+        return GatewayError(
+            429,
+            (
+                f"Rate limit reached for key '{key.id}': {budget} {what} per minute{needed}. "
+                f"Retry after {retry_after} s."
+            ),
+            f"rate_limit_{what}",
+            "rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )

@@ -89,8 +89,9 @@ class ReplicaPool:
 
     async def _check(self, replica: Replica) -> None:
         try:
-            response = await self._client.get(replica.url + replica.config.health_path,
-                                              timeout=self._config.health_timeout_s)
+            response = await self._client.get(
+                replica.url + replica.config.health_path, timeout=self._config.health_timeout_s
+            )
             ok, reason = response.status_code == 200, f"health check answered {response.status_code}"
         except httpx.HTTPError as err:
             ok, reason = False, f"health check failed: {type(err).__name__}"
@@ -122,9 +123,13 @@ class ReplicaPool:
         healthy = [r for r in self.replicas if r.healthy and r not in excluded]
         if not healthy:
             down = ", ".join(r.name for r in self.replicas if not r.healthy) or "none"
-            raise GatewayError(503, (f"No healthy engine replica to send this request to (down: {down}). "
-                                     "Retry shortly."), "no_healthy_replica", "no_replica",
-                               headers={"Retry-After": str(max(1, round(self._config.health_interval_s)))})
+            raise GatewayError(
+                503,
+                (f"No healthy engine replica to send this request to (down: {down}). Retry shortly."),
+                "no_healthy_replica",
+                "no_replica",
+                headers={"Retry-After": str(max(1, round(self._config.health_interval_s)))},
+            )
         cap = self._config.max_outstanding_per_replica
         free = [r for r in healthy if cap is None or r.outstanding < cap]
         if not free:

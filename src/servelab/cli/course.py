@@ -1,0 +1,22 @@
+"""``servelab preflight``: is this machine ready for the lab?"""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from servelab.cli.console import console
+
+
+def preflight(engines: bool = typer.Option(True, help="also start each engine and ask it once")) -> None:
+    """Check the machine and both engines; exit 1 if a required check fails."""
+    from servelab.course import preflight as pf
+
+    checks = pf.run(engines=engines)
+    table = Table("check", "status", "found", "fix")
+    colour = {"ok": "green", "FAIL": "red", "info": "grey50"}
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.found, "" if c.ok else c.fix)
+    console.print(table)
+    if not pf.all_ok(checks):
+        raise typer.Exit(1)

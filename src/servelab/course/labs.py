@@ -1,0 +1,90 @@
+"""Automatic checks for the hands-on labs: each check says what passed and, when not, a hint.
+
+A lab calls one ``check_*`` function on the learner's answer; it shows a table and raises
+:class:`LabCheckFailed` when something is off, so a lab run in CI with its reference solution
+fails loudly if the solution (or the checker) breaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import yaml
+
+from servelab.k8s import manifests
+
+
+class LabCheckFailed(AssertionError):
+    """The learner's answer does not pass yet; the message lists what to fix."""
+
+
+@dataclass(frozen=True)
+class LabCheck:
+    name: str
+    ok: bool
+    hint: str
+
+
+def report(checks: list[LabCheck], lab: str):
+    """Record the score in ``results/<lab>.json``, show the checks as a table, and raise if any failed."""
+    import pandas as pd
+
+    from servelab import results
+
+    results.record(
+        lab,
+        checks_total=len(checks),
+        checks_passed=sum(c.ok for c in checks),
+        failed=[c.name for c in checks if not c.ok],
+    )
+    table = pd.DataFrame(
+        [{"check": c.name, "passed": "yes" if c.ok else "NO", "hint": "" if c.ok else c.hint} for c in checks]
+    )
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        from IPython.display import display
+
+        display(table)
+        raise LabCheckFailed("Not yet: " + "; ".join(f"{c.name}: {c.hint}" for c in failed))
+    return table
+
+
+def check_vllm_deployment(yaml_text: str) -> list[LabCheck]:
+    """Lab 01: is this a Deployment of vLLM that Kubernetes accepts and that serves reliably?"""
+    try:
+        docs = [d for d in yaml.safe_load_all(yaml_text) if d]
+    except yaml.YAMLError as err:
+        return [LabCheck("YAML parses", False, f"fix the YAML syntax: {err}")]
+    deployments = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Deployment"]
+    if len(deployments) != 1:
+        return [LabCheck("exactly one Deployment", False, f"found {len(deployments)}; keep one Deployment")]
+    doc = deployments[0]
+    problems = manifests.validate_document(doc, "your manifest")
+    schema = [p for p in problems if p.version]
+    rules = [p for p in problems if not p.version]
+    container = (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0]
+    probes = [container.get(k) or {} for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+    image = str(container.get("image", ""))
+    return [
+        LabCheck("valid for Kubernetes 1.25 and 1.32", not schema, "; ".join(p.message for p in schema) or ""),
+        LabCheck(
+            "serving rules (selector, 2+ replicas, probes, requests)",
+            not rules,
+            "; ".join(p.message for p in rules) or "",
+        ),
+        LabCheck(
+            "startupProbe gives the model time to load",
+            bool(probes[0]),
+            "add a startupProbe on /health (e.g. periodSeconds 10, failureThreshold 60)",
+        ),
+        LabCheck(
+            "all probes call GET /health",
+            all(p.get("httpGet", {}).get("path") == "/health" for p in probes),
+            "vLLM answers /health with 200 once the model is loaded: point every probe there",
+        ),
+        LabCheck(
+            "a current vLLM image",
+            image.startswith("vllm/") and not image.endswith(":v0.3.0"),
+            "v0.3.0 predates the V1 engine: use a current vllm/vllm-openai tag",
+        ),
+    ]
