@@ -24,6 +24,7 @@ class Tool:
     names: tuple[str, ...]
     needed_for: str
     install: str
+    optional: bool = False  # another tool does the same job (kubectl bundles kustomize): preflight skips it
 
 
 _PROMETHEUS_INSTALL = (
@@ -41,6 +42,12 @@ TOOLS: dict[str, Tool] = {
         "sudo apt-get install prometheus-alertmanager (Debian/Ubuntu; `make setup` does it as root). With conda, "
         "conda-forge has no Alertmanager package the kit could verify: put the `alertmanager` binary of an "
         "official Prometheus Alertmanager release archive into $CONDA_PREFIX/bin (or anywhere on PATH)",
+    ),
+    "kustomize": Tool(
+        ("kustomize",),
+        "rendering kustomize overlays where kubectl is missing",
+        "install kubectl, which bundles it, or a kustomize release binary",
+        optional=True,
     ),
     "kubectl": Tool(
         ("kubectl",),

@@ -11,6 +11,7 @@ Each child carries ``SERVELAB_MANAGED=<owner pid>`` in its environment so that
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import shutil
@@ -18,9 +19,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Required, Self, TypedDict
 
 import httpx
 import psutil
@@ -41,13 +42,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM it if the kernel that started it dies."""
+def _die_with_parent() -> Callable[[], object] | None:
+    """A hook for the child before exec: ask Linux to SIGTERM it if the kernel that started it dies.
+
+    libc is looked up here, in the parent: between fork and exec the child should only make the
+    ``prctl`` call itself (loading a library there can deadlock a threaded parent). ``None`` where
+    there is no glibc (no parent-death signal there).
+    """
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except OSError:
-        pass
-    os.setsid()
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def run_command(command: Sequence[str], timeout_s: float, what: str, fix: str) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion with a deadline, output captured as text; the caller judges the exit code.
+
+    A tool that runs past ``timeout_s`` is killed and becomes a :class:`ServelabError` naming ``what``
+    took too long and ``fix``, so no notebook cell waits on a hung tool.
+    """
+    try:
+        return subprocess.run(list(command), capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        raise ServelabError(f"{what} did not finish in {timeout_s:.0f} s", fix) from None
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -55,6 +73,18 @@ def tail(path: Path, lines: int = 40) -> str:
     if not path.is_file():
         return "(no log written)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ServerArgs(TypedDict, total=False):
+    """:class:`ManagedServer`'s constructor arguments, for subclasses that pass them on as ``**kwargs``."""
+
+    name: Required[str]
+    command: Required[Sequence[str]]
+    port: Required[int]
+    log_path: Required[Path]
+    ready_path: str
+    env: Mapping[str, str] | None
+    host: str
 
 
 class ManagedServer:
@@ -100,7 +130,9 @@ class ManagedServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=self.env,
-            preexec_fn=_die_with_parent,
+            start_new_session=True,
+            # PR_SET_PDEATHSIG has no Popen option; the hook makes only that one libc call (see _die_with_parent).
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509
         )
         log.close()
         _LIVE.add(self)
@@ -141,24 +173,16 @@ class ManagedServer:
             return
         pid = self.process.pid
         group = [p for p in _group_members(pid)]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         _, alive = psutil.wait_procs(group, timeout=max(1.0, grace / 3))
         for proc in alive:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         if self.process.poll() is None:
             self.process.wait(timeout=5)
         self._forget()
@@ -166,7 +190,23 @@ class ManagedServer:
     def _forget(self) -> None:
         _LIVE.discard(self)
 
-    def __enter__(self) -> ManagedServer:
+    def launch(self, ready_timeout: float) -> Self:
+        """Start and wait until ready: the one way the kit brings up any server it runs.
+
+        A server that does not get there is stopped and leaves nothing behind (:meth:`_cleanup`).
+        """
+        self.start()
+        try:
+            self.wait_ready(ready_timeout)
+        except ServelabError:
+            self._cleanup()
+            raise
+        return self
+
+    def _cleanup(self) -> None:
+        """What a server that never became ready leaves behind; subclasses with scratch files remove them."""
+
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -192,27 +232,14 @@ class ScratchServer(ManagedServer):
         self.config_path = config_path
         self.keep_files = keep_files
 
-    def launch(self, ready_timeout: float) -> Self:
-        """Start and wait until ready; a server that fails to get there leaves no folder behind."""
-        self.start()
-        try:
-            self.wait_ready(ready_timeout)
-        except ServelabError:
-            self._remove_files()
-            raise
-        return self
-
     def stop(self, grace: float = 15.0) -> None:
         """Stop the process group, then delete the scratch folder (unless ``keep_files``); the log stays."""
         super().stop(grace)
-        self._remove_files()
+        self._cleanup()
 
-    def _remove_files(self) -> None:
+    def _cleanup(self) -> None:
         if not self.keep_files:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
 
 
 def scratch_folder(

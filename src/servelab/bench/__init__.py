@@ -1,4 +1,6 @@
-"""A small async streaming load generator for any OpenAI-compatible endpoint.
+"""Benchmarking any OpenAI-compatible endpoint: workloads (:mod:`.workload`), a streaming load generator
+(:mod:`.loadgen`), the statistics ``vllm bench serve`` defines (:mod:`.stats`), the cross-check against
+it (:mod:`.crosscheck`) and the harness's own ceiling (:mod:`.overhead`). Notebooks 01 and 05 teach it.
 
 Why the kit has its own instead of only ``vllm bench serve``: it must drive llama.cpp's server too,
 run inside a notebook, report failed requests instead of hiding them, and stop with a clear message

@@ -10,7 +10,6 @@ its result JSON, and the kit reads that file.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 from servelab.bench.loadgen import run_benchmark
 from servelab.bench.workload import fixed_workload
 from servelab.errors import ServelabError
+from servelab.procs import run_command
 
 _RUNNER = """
 import sys
@@ -86,13 +86,9 @@ def vllm_bench_serve(
             "vllm_bench.json",
             "--disable-tqdm",
         ]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise ServelabError(
-                f"vllm bench serve did not finish in {timeout_s:.0f} s",
-                "lower num_prompts or check that the server is answering",
-            ) from None
+        done = run_command(
+            cmd, timeout_s, "vllm bench serve", "lower num_prompts or check that the server is answering"
+        )
         result_file = Path(out) / "vllm_bench.json"
         if done.returncode != 0 or not result_file.is_file():
             raise ServelabError(
@@ -113,7 +109,7 @@ def cross_check(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Both tools, same server and workload, back to back; one row per compared figure with the
-    relative difference (kit vs vLLM). The issue's bar: within 10% on all three."""
+    relative difference (kit vs vLLM). The kit's bar, met by notebook 05's full profile: within 10% on all three."""
     theirs = vllm_bench_serve(server_url, model, tokenizer, input_len, output_len, num_prompts, concurrency, seed)
     ours = run_benchmark(
         server_url + "/v1",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from servelab import sse
 from servelab.aio import run_sync
-from servelab.bench.stats import BenchResult, RequestRecord
+from servelab.bench.stats import BenchResult, RequestRecord, Status
 from servelab.bench.workload import Endpoint, Request, Workload
 from servelab.errors import ServelabError
 
@@ -103,7 +103,9 @@ async def send_request(
     chunk_times: list[float] = []
     usage: dict[str, Any] | None = None
     finish: str | None = None
-    status, error, refused = "ok", None, False
+    status: Status = "ok"
+    error: str | None = None
+    refused = False
     sent = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
@@ -145,7 +147,7 @@ async def send_request(
         chunk_times,
         end,
         run_start=run_start,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         output_tokens=output_tokens,
         input_tokens=input_tokens,
         max_tokens=request.max_tokens,
@@ -227,9 +229,11 @@ async def _warm_up(
             raise _ServerGone(f"every warm-up request was refused; last: {outcomes[-1][0].error}")
 
 
-async def _closed_loop(
-    run: _Run, concurrency: int, issue: Callable[[Request, int, float], Any], requests: Iterator[Request]
-) -> None:
+# Sends one request (request, index, seconds it waited for a slot) and gives what send_request returns.
+_Issue = Callable[[Request, int, float], Awaitable[tuple[RequestRecord, bool]]]
+
+
+async def _closed_loop(run: _Run, concurrency: int, issue: _Issue, requests: Iterator[Request]) -> None:
     async def worker() -> None:
         while run.may_issue():
             index = run.issued
@@ -247,7 +251,7 @@ async def _open_loop(
     burstiness: float,
     seed: int,
     concurrency: int | None,
-    issue: Callable[[Request, int, float], Any],
+    issue: _Issue,
     requests: Iterator[Request],
 ) -> None:
     slots = asyncio.Semaphore(concurrency) if concurrency else None
@@ -386,7 +390,7 @@ async def run_benchmark_async(
                 )
             run.start = time.perf_counter()  # the clock starts after warm-up
 
-            def issue(request: Request, index: int, queue_s: float):  # type: ignore[no-untyped-def]
+            def issue(request: Request, index: int, queue_s: float) -> Awaitable[tuple[RequestRecord, bool]]:
                 return send_request(
                     client,
                     url,

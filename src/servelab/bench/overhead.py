@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from servelab import sse
@@ -62,7 +63,7 @@ def build_app() -> Any:
             else b""
         )
 
-        async def stream():  # type: ignore[no-untyped-def]
+        async def stream() -> AsyncIterator[bytes]:
             for _ in range(n):
                 yield line
             yield tail + sse.DONE
@@ -88,9 +89,7 @@ def start_stub_server(ready_timeout: float = 30.0) -> ManagedServer:
         log_path=logs_dir() / f"bench-stub-{port}-{int(time.time())}.log",
         ready_path="/v1/models",
     )
-    server.start()
-    server.wait_ready(ready_timeout)
-    return server
+    return server.launch(ready_timeout)
 
 
 def measure_client_ceiling(
@@ -119,7 +118,7 @@ def measure_client_ceiling(
             timeout_s=30.0,
             endpoint=endpoint,
             progress=progress,
-        )  # type: ignore[arg-type]
+        )
     s = result.summary
     return {
         "label": LABEL,

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +69,7 @@ class RequestRecord:
         ttft = chunk_times[0] - sent if chunk_times else None
         e2e = end - sent
         tpot = (e2e - ttft) / (tokens - 1) if ttft is not None and tokens >= 2 and status == "ok" else None
-        itl = [b - a for a, b in zip(chunk_times, chunk_times[1:])]
+        itl = [b - a for a, b in pairwise(chunk_times)]
         return cls(
             index=index,
             start_s=sent - run_start,
@@ -86,7 +88,7 @@ class RequestRecord:
         return self.status == "ok"
 
 
-def _describe(values: list[float], name: str) -> dict[str, float | None]:
+def _describe(values: Sequence[float | None], name: str) -> dict[str, float | None]:
     arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     out: dict[str, float | None] = {f"{name}_mean_s": float(arr.mean()) if arr.size else None}
     for p in PERCENTILES:
@@ -197,7 +199,7 @@ class BenchResult:
         frame = pd.read_csv(directory / doc["records_csv"], keep_default_na=True)
         records = []
         for row in frame.to_dict("records"):
-            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            clean: dict[str, Any] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
             clean["itl_s"] = json.loads(clean["itl_s"]) if clean["itl_s"] else []
             for key in ("index", "output_tokens", "input_tokens", "max_tokens"):
                 if clean.get(key) is not None:

@@ -216,7 +216,9 @@ class TokenCounter:
                 from tokenizers import Tokenizer
 
                 self._tok = Tokenizer.from_file(str(path))
-            except Exception:  # a broken or foreign file: fall back to the estimate, never fail a run
+            except Exception:  # noqa: BLE001
+                # tokenizers raises a bare Exception for a broken or foreign file: fall back to the estimate,
+                # never fail a run.
                 self._tok = None
 
     @property
@@ -243,7 +245,7 @@ def _default_tokenizer_file() -> Path | None:
         from servelab.engines.model import hf_dir
 
         return hf_dir() / "tokenizer.json"
-    except Exception:
+    except (ImportError, OSError, RuntimeError):  # no package, or no writable cache folder (home() creates it)
         return None
 
 
@@ -331,7 +333,7 @@ class Workload:
         if self.output_tokens is not None:
             _check_lengths("output_tokens", self.output_tokens)
         if self.kind != "dataset":
-            _check_lengths("input_tokens", self.input_tokens)  # type: ignore[arg-type]
+            _check_lengths("input_tokens", self.input_tokens)
 
     @property
     def extra_body(self) -> dict[str, Any]:
@@ -352,8 +354,9 @@ class Workload:
                     row = rows[int(i)]
                     out = _draw(self.output_tokens, rng) if self.output_tokens is not None else row["output_tokens"]
                     yield Request(row["prompt"], int(out), extra, counter.count(row["prompt"]))
+        assert self.input_tokens is not None, "__post_init__ checks input_tokens for every kind but dataset"
         while True:
-            n_in = _draw(self.input_tokens, rng)  # type: ignore[arg-type]
+            n_in = _draw(self.input_tokens, rng)
             prompt = synthetic_prompt(n_in, rng, counter)
             yield Request(prompt, _draw(self.output_tokens or 64, rng), extra, counter.count(prompt))
 
@@ -392,7 +395,7 @@ def synthetic_prompt(n_tokens: int, rng: np.random.Generator, counter: TokenCoun
     while len(words) < int(n_tokens * 1.2) + 8:
         sentence = rng.choice(_WORDS, size=int(rng.integers(6, 14))).tolist()
         sentence[0] = sentence[0].capitalize()
-        words.extend(sentence[:-1] + [sentence[-1] + "."])
+        words.extend([*sentence[:-1], sentence[-1] + "."])
     return counter.truncate(" ".join(words), n_tokens)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import typer
 
 from servelab.cli.console import console, fail
@@ -29,13 +31,13 @@ def bench(
 ) -> None:
     """Benchmark any OpenAI-compatible endpoint: TTFT, TPOT, ITL, E2E percentiles, throughput, goodput."""
     from servelab.bench import dataset_workload, fixed_workload, run_benchmark
+    from servelab.bench.workload import ServerKind
 
+    # Typer hands over any string; the workload rejects a name that is not a ServerKind (ServelabError).
+    kind = cast("ServerKind", engine_kind)
     workload = (
-        dataset_workload(engine_kind=engine_kind)
-        if dataset
-        # type: ignore[arg-type]
-        else fixed_workload(input_tokens, output_tokens, engine_kind=engine_kind)
-    )  # type: ignore[arg-type]
+        dataset_workload(engine_kind=kind) if dataset else fixed_workload(input_tokens, output_tokens, engine_kind=kind)
+    )
     try:
         result = run_benchmark(
             base_url,
@@ -50,7 +52,7 @@ def bench(
             endpoint=endpoint,
             slo_ttft_s=slo_ttft,
             slo_tpot_s=slo_tpot,
-        )  # type: ignore[arg-type]
+        )
     except ServelabError as err:
         fail(err)
     console.print(result.report())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from typing import cast
 
 import typer
 from rich.table import Table
@@ -23,11 +24,14 @@ def engine_start(
     ready_timeout: float = typer.Option(600.0, help="seconds to wait for readiness"),
 ) -> None:
     """Start an engine in the foreground and keep it serving until Ctrl-C."""
+    from servelab.engines.kinds import EngineKind
     from servelab.engines.launch import start_engine
 
     extra = {"device": device} if kind == "vllm" else {}
+    # Typer hands over any string; start_engine rejects a name that is not an EngineKind (ServelabError).
+    engine_kind = cast("EngineKind", kind)
     try:
-        with start_engine(kind, port=port or None, ready_timeout=ready_timeout, **extra) as engine:  # type: ignore[arg-type]
+        with start_engine(engine_kind, port=port or None, ready_timeout=ready_timeout, **extra) as engine:
             console.print(
                 f"[green]{engine.name}[/green] ready in {engine.ready_seconds:.0f} s at "
                 f"{engine.base_url} (model {engine.served_model!r}); log: {engine.log_path}"

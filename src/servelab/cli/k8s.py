@@ -7,13 +7,16 @@ import typer
 from servelab.cli.console import console
 
 app = typer.Typer(
-    help="Kubernetes manifests: validate offline (1.25 and 1.32), dry-run on a cluster.", no_args_is_help=True
+    help="Kubernetes manifests: validate offline (1.25, 1.32, 1.35-1.37), dry-run on a cluster.", no_args_is_help=True
 )
 
 
 @app.command("validate")
 def manifests_validate(root: str = typer.Argument("manifests", help="folder or file to validate")) -> None:
-    """Schemas (Kubernetes 1.25 and 1.32), CRD structure, cross-references and kustomize builds; exit 1 on any problem."""
+    """Schemas (Kubernetes 1.25, 1.32 and 1.35-1.37), CRD structure, cross-references and kustomize builds.
+
+    Exits 1 on any problem.
+    """
     from pathlib import Path
 
     from servelab.k8s import manifests

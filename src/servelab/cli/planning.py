@@ -22,7 +22,7 @@ def cost(
 
     from servelab.planning import cost as costs
 
-    market = "spot" if spot else "on_demand"
+    market: costs.Market = "spot" if spot else "on_demand"
     try:
         offer = costs.load_prices(Path(prices) if prices else None).offer(gpu)
         hourly = offer.usd_per_unit_hour(market)

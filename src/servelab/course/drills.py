@@ -1,7 +1,7 @@
 """Drills that make the gateway's practices visible with real engines: a replica killed under load,
 a burst of concurrent requests, a client that hangs up mid-stream.
 
-Notebook 08 and tests/test_gateway.py run the same drills, so what the notebook shows is what the
+Notebook 08 and tests/live/test_gateway.py run the same drills, so what the notebook shows is what the
 tests assert. Each drill talks to the gateway over HTTP like any client would; the only thing it does
 behind the gateway's back is kill an engine process (that is the failure being drilled).
 """
@@ -219,25 +219,26 @@ def hang_up_mid_stream(
     ) as response:
         request_id = response.headers["x-request-id"]
         for line in response.iter_lines():
-            if line.startswith("data:"):
-                arrivals.append(time.perf_counter())
+            event = sse.parse_line(line)
+            if event is not None and event.data is not None and sse.chunk_text(event.data)[0]:
+                arrivals.append(time.perf_counter())  # a chunk that carries text: one token's arrival
             if len(arrivals) >= read_chunks:
                 break
-    line = wait_for_audit(gateway, request_id)
-    engine = replicas[line["replica"]]
+    audit = wait_for_audit(gateway, request_id)
+    engine = replicas[audit["replica"]]
     t = time.perf_counter()
     engine.complete("Hi", max_tokens=1, timeout=120)
     per_token = (arrivals[-1] - arrivals[0]) / (len(arrivals) - 1) if len(arrivals) > 1 else float("nan")
     return {
         "request_id": request_id,
-        "replica": line["replica"],
+        "replica": audit["replica"],
         "chunks_read": len(arrivals),
         "seconds_per_token": round(per_token, 4),
         # what finishing the answer for nobody would have cost that replica
         "abandoned_generation_s": round((max_tokens - len(arrivals)) * per_token, 1),
         "replica_free_after_s": round(time.perf_counter() - t, 3),
-        "audit_outcome": line["outcome"],
-        "audit_tokens_out": line["tokens_out"],
+        "audit_outcome": audit["outcome"],
+        "audit_tokens_out": audit["tokens_out"],
     }
 
 

@@ -55,7 +55,7 @@ def lock_pins() -> dict[str, str]:
 def render_environment_yml() -> str:
     """environment.yml's text: conda-only tools, then every lock pin that pip may resolve normally."""
     lines = [
-        "# Generated from requirements/lock.txt by `servelab env render`; tests/test_environment.py",
+        "# Generated from requirements/lock.txt by `servelab env render`; tests/unit/course/test_environment.py",
         "# fails when the two drift. Then run `make lab ENV_DIR=$CONDA_PREFIX`, which adds the pins that",
         f"# pip cannot install plainly ({', '.join(MAKE_INSTALLS)}) and prepares the model.",
         "name: servelab",

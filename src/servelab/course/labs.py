@@ -8,10 +8,14 @@ fails loudly if the solution (or the checker) breaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import yaml
 
 from servelab.k8s import manifests
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class LabCheckFailed(AssertionError):
@@ -25,7 +29,7 @@ class LabCheck:
     hint: str
 
 
-def report(checks: list[LabCheck], lab: str):
+def report(checks: list[LabCheck], lab: str) -> pd.DataFrame:
     """Record the score in ``results/<lab>.json``, show the checks as a table, and raise if any failed."""
     import pandas as pd
 
@@ -60,13 +64,14 @@ def check_vllm_deployment(yaml_text: str) -> list[LabCheck]:
         return [LabCheck("exactly one Deployment", False, f"found {len(deployments)}; keep one Deployment")]
     doc = deployments[0]
     problems = manifests.validate_document(doc, "your manifest")
+    versions = ", ".join(v.removesuffix(".0") for v in manifests.K8S_VERSIONS)
     schema = [p for p in problems if p.version]
     rules = [p for p in problems if not p.version]
     container = (((doc.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers", [{}])[0]
     probes = [container.get(k) or {} for k in ("startupProbe", "readinessProbe", "livenessProbe")]
     image = str(container.get("image", ""))
     return [
-        LabCheck("valid for Kubernetes 1.25 and 1.32", not schema, "; ".join(p.message for p in schema) or ""),
+        LabCheck(f"valid for Kubernetes {versions}", not schema, "; ".join(p.message for p in schema) or ""),
         LabCheck(
             "serving rules (selector, 2+ replicas, probes, requests)",
             not rules,

@@ -20,6 +20,9 @@ from servelab.engines import device, model
 from servelab.errors import ServelabError
 
 if TYPE_CHECKING:
+    import pandas as pd
+    from pandas.io.formats.style import Styler
+
     from servelab.engines.launch import Engine
 
 REQUIRED = [
@@ -82,19 +85,8 @@ def check_packages() -> list[Check]:
     return checks
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def check_cpu() -> list[Check]:
-    flags = cpu_flags()
+    flags = device.cpu_flags()
     simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return [
         Check(
@@ -147,6 +139,8 @@ def check_tools() -> list[Check]:
     """Each OS tool the kit runs, found the way the code that starts it finds it (:mod:`servelab.binaries`)."""
     checks = []
     for tool, spec in binaries.TOOLS.items():
+        if spec.optional:
+            continue
         path = binaries.find(tool)
         checks.append(
             Check(f"{' / '.join(spec.names)} ({spec.needed_for})", path is not None, path or "missing", spec.install)
@@ -175,7 +169,7 @@ def check_engines(ready_timeout: float = 600.0) -> list[Check]:
     checks = []
     for kind in ("llamacpp", "vllm"):
         try:
-            with start_engine(kind, ready_timeout=ready_timeout) as engine:  # type: ignore[arg-type]
+            with start_engine(kind, ready_timeout=ready_timeout) as engine:
                 checks.append(check_engine(engine))
         except ServelabError as err:
             checks.append(Check(f"{kind} starts", False, err.problem.splitlines()[0], err.fix or ""))
@@ -202,7 +196,7 @@ def all_ok(checks: list[Check]) -> bool:
     return all(c.ok or not c.required for c in checks)
 
 
-def as_dataframe(checks: list[Check]):
+def as_dataframe(checks: list[Check]) -> pd.DataFrame:
     """A pandas table for notebooks; style it with :func:`style`."""
     import pandas as pd
 
@@ -214,7 +208,7 @@ def as_dataframe(checks: list[Check]):
     )
 
 
-def style(frame):
+def style(frame: pd.DataFrame) -> Styler:
     """Green for ok, red for a failure, grey for information."""
     colours = {
         "ok": "background-color: #c8f7c5",

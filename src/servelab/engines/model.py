@@ -101,7 +101,8 @@ def prepare_hf_model(force: bool = False) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         progress.update(step, description="dequantizing weights from GGUF (about 40 s on 2 cores)")
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
-        model.hf_quantizer = None
+        # transformers sets hf_quantizer at load time; torch types attributes it does not know as Tensor | Module.
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         progress.update(step, description="writing safetensors")

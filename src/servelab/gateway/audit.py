@@ -3,8 +3,9 @@
 What a line holds: time, request id, key id (never the raw key; an unknown key only as a short
 fingerprint), method and path, model, stream or not, HTTP status, ``outcome`` (one word: ok,
 client_disconnected, timeout, rate_limited, ...), tokens in and out, latency, the replica and how
-many replicas were tried, the tokens the rate limiter charged, an error message if any, and the prompt only when ``audit_prompts`` is on
-(prompts may hold personal data; logging them is a decision, not a default).
+many replicas were tried, the tokens the rate limiter charged, an error message if any, and the prompt
+only when ``audit_prompts`` is on (prompts may hold personal data; logging them is a decision, not a
+default).
 
 Why "exactly once" holds: the gateway's ASGI middleware creates the record when a request arrives
 and writes it in a ``finally`` after the response has been sent or abandoned, whatever happened in

@@ -35,9 +35,6 @@ class Gateway(ManagedServer):
         """The audit log's lines so far, parsed."""
         return read_audit(self.audit_path)
 
-    def __enter__(self) -> Gateway:
-        return self
-
 
 def start_gateway(
     config: GatewayConfig | Path | str, port: int | None = None, ready_timeout: float = 30.0, log_level: str = "warning"
@@ -68,6 +65,4 @@ def start_gateway(
         log_path=logs_dir() / f"gateway-{port}-{stamp}.log",
         ready_path="/ready",
     )
-    gateway.start()
-    gateway.wait_ready(ready_timeout)
-    return gateway
+    return gateway.launch(ready_timeout)

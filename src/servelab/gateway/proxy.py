@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import httpx
@@ -110,14 +110,15 @@ class RelayedStream(StreamingResponse):
         self._counter = SSECounter()
         self._deadline = deadline
         self._outcome: str | None = None
+        self._relayed = self._relay(first, chunks)  # the body iterator, kept typed so that it can be closed
         super().__init__(
-            self._relay(first, chunks),
+            self._relayed,
             status_code=upstream.status_code,
             media_type=upstream.headers.get("content-type", "text/event-stream"),
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
-    async def _relay(self, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _relay(self, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
         self._counter.feed(first)
         yield first
         while True:
@@ -154,7 +155,7 @@ class RelayedStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            await self._relayed.aclose()
             await self._upstream.aclose()
             await self._forwarder.pool.release(self._replica)
             outcome = self._outcome or "client_disconnected"

@@ -255,7 +255,7 @@ class HorizontalPodAutoscaler:
         return current - added + removed
 
     def _policy_limit(self, now: float, current: int, up: bool) -> int:
-        """The ceiling (``up``) or floor the scale-up or scale-down policies allow now, as the controller computes it."""
+        """The ceiling (``up``) or floor that the scale-up or scale-down policies allow now, as the controller says."""
         rules = self.spec.scale_up if up else self.spec.scale_down
         if rules.select_policy == "Disabled":
             return current

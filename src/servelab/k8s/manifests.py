@@ -2,7 +2,8 @@
 
 Why offline: a learner without a cluster (and CI) should still learn that a Deployment has no
 selector or that an apiVersion was removed *before* ``kubectl apply`` says so, and for both ends of
-the Kubernetes range the lab supports (1.25 and 1.32), not just the cluster at hand.
+both ends of the seed's Kubernetes range (1.25 and 1.32) and every release supported today (1.35-1.37), not
+just the cluster at hand.
 
 Three layers, because a schema alone misses what breaks serving in practice:
 
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,11 +34,17 @@ import yaml
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
+from servelab import binaries
 from servelab.errors import ServelabError
 from servelab.k8s import docs, quantity
 
-K8S_VERSIONS: tuple[str, ...] = ("1.25.0", "1.32.0")
-"""Oldest and newest Kubernetes versions the lab's manifests must be valid for."""
+SEED_K8S_VERSIONS: tuple[str, ...] = ("1.25.0", "1.32.0")
+"""The range the seed document was written for ("v1.25 - v1.32"): both ends."""
+SUPPORTED_K8S_VERSIONS: tuple[str, ...] = ("1.35.0", "1.36.0", "1.37.0")
+"""The releases upstream Kubernetes supports on 2026-12-01 (kubernetes.io/releases: 1.34 reached end of life on
+2026-10-27); kubernetes-validate 1.37 ships their schemas."""
+K8S_VERSIONS: tuple[str, ...] = SEED_K8S_VERSIONS + SUPPORTED_K8S_VERSIONS
+"""Every Kubernetes version the lab's manifests must be valid for."""
 
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZE_TIMEOUT_S = 60
@@ -435,11 +441,11 @@ def cross_check(documents: Iterable[tuple[str, Doc]]) -> list[Problem]:
 
 def _kustomize_command() -> list[str] | None:
     """``kubectl kustomize`` (bundled since kubectl 1.14), else a standalone ``kustomize build``."""
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    return None
+    kubectl = binaries.find("kubectl")
+    if kubectl:
+        return [kubectl, "kustomize"]
+    kustomize = binaries.find("kustomize")
+    return [kustomize, "build"] if kustomize else None
 
 
 def kustomize_available() -> bool:
@@ -512,7 +518,8 @@ def apply_if_cluster(directory: Path | str, timeout_s: int = 60) -> DryRun:
     webhooks, Pod Security, quotas. Nothing is changed. Without a cluster it does not run and says
     so, instead of failing, because the offline checks are the lab's baseline.
     """
-    if shutil.which("kubectl") is None:
+    kubectl = binaries.find("kubectl")
+    if kubectl is None:
         return DryRun(False, False, "kubectl is not installed: skipped the server-side dry run")
     if not _cluster_configured():
         return DryRun(
@@ -521,7 +528,7 @@ def apply_if_cluster(directory: Path | str, timeout_s: int = 60) -> DryRun:
             "no cluster is configured (no KUBECONFIG, no ~/.kube/config, not in a "
             "pod): skipped the server-side dry run; only the offline checks ran",
         )
-    command = ["kubectl", "apply", "--dry-run=server", "-k", str(directory), f"--request-timeout={timeout_s}s"]
+    command = [kubectl, "apply", "--dry-run=server", "-k", str(directory), f"--request-timeout={timeout_s}s"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s + 10, check=False)
     except subprocess.TimeoutExpired:

@@ -3,8 +3,9 @@
 Resident memory is taken right after loading: weights plus llama.cpp's context buffers (KV cache for
 ``n_ctx`` tokens, compute buffers, and the logits of every position, which perplexity needs).
 
-Run as ``python -m servelab.memory.gguf_probe --gguf FILE --text FILE`` by :func:`servelab.memory.quantize.measure_level`,
-one fresh process per file, so every figure belongs to exactly one loaded model. Prints one JSON line.
+Run as ``python -m servelab.memory.gguf_probe --gguf FILE --text FILE`` by
+:func:`servelab.memory.quantize.measure_level`, one fresh process per file, so every figure belongs
+to exactly one loaded model. Prints one JSON line.
 
 Perplexity follows llama.cpp's ``llama-perplexity``: the text is cut into windows of ``n_ctx`` tokens,
 and in each window only the second half is scored, so every scored token has at least ``n_ctx / 2``

@@ -18,7 +18,6 @@ timeout.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from pathlib import Path
 from servelab.engines import model as models
 from servelab.errors import ServelabError
 from servelab.paths import home
+from servelab.procs import run_command
 
 LADDER: tuple[str, ...] = ("F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 QUICK_LADDER: tuple[str, ...] = ("F16", "Q8_0", "Q4_K_M", "Q2_K")
@@ -154,13 +154,7 @@ def measure_level(
         "--threads",
         str(threads),
     ]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise ServelabError(
-            f"measuring {level} took longer than {timeout_s:.0f} s",
-            "raise timeout_s, or lower max_chunks / decode_tokens",
-        ) from None
+    done = run_command(command, timeout_s, f"measuring {level}", "raise timeout_s, or lower max_chunks / decode_tokens")
     if done.returncode != 0:
         raise ServelabError(
             f"measuring {level} failed (exit {done.returncode}): {done.stderr.strip()[-800:]}",

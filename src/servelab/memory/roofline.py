@@ -8,6 +8,7 @@ weights, which is why batching raises throughput until compute, not memory, beco
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import numpy as np
 
@@ -44,7 +45,8 @@ def decode_upper_bound(
 def knee(levels: list[float], throughput: list[float], min_gain: float = 0.10) -> float | None:
     """The first level after which throughput grows by less than ``min_gain`` (relative) to the next:
     beyond it, more concurrency buys mostly latency. ``None`` if throughput still grows at the end."""
-    for (level, tput), nxt in zip(zip(levels, throughput), throughput[1:]):
+    # pairwise is one shorter than levels: the last level has no next one to compare with.
+    for level, (tput, nxt) in zip(levels, pairwise(throughput), strict=False):
         if tput > 0 and (nxt - tput) / tput < min_gain:
             return level
     return None

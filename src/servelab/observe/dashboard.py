@@ -68,6 +68,7 @@ class Panel:
     kind: str = "timeseries"
     threshold: float | None = None
     max_value: float | None = None  # a fraction's panel stops at 1
+    target: float | None = None  # an orange line below the red one (the HPA's target on the queue panel)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -92,7 +93,8 @@ def panels(thresholds: Mapping[str, Any] | None = None) -> list[Panel]:
         Panel(
             "vLLM targets up",
             "Prometheus' own `up` per scrape target: 0 means it could not scrape /metrics "
-            "(VLLMServerDown fires after it stays 0).",
+            "(VLLMServerDown fires after it stays 0); no value at all means no target is scraped "
+            "(VLLMTargetsMissing).",
             "none",
             ((f"up{{{job}}}", "{{instance}}"),),
             (0, 0, 6, 8),
@@ -109,15 +111,24 @@ def panels(thresholds: Mapping[str, Any] | None = None) -> list[Panel]:
         ),
         Panel(
             "Requests waiting and running",
-            "vllm:num_requests_waiting is the queue for a batch slot: the earliest sign of too little capacity "
-            "and what the HPA scales on. The red line is VLLMQueueBacklog's threshold.",
+            "Per pod, averaged over the pods of a model, as the HPA sees them. vllm:num_requests_waiting is the "
+            "queue for a batch slot: the earliest sign of too little capacity and what the HPA scales on. The "
+            "orange line is the HPA's target (manifests/vllm/base/hpa.yaml), the red one VLLMQueueBacklog's "
+            "threshold, derived from it: above it for long, the autoscaler is losing.",
             "short",
             (
-                (f"sum by (model_name) (vllm:num_requests_waiting{{{MODEL}}})", "waiting {{model_name}}"),
-                (f"sum by (model_name) (vllm:num_requests_running{{{MODEL}}})", "running {{model_name}}"),
+                (
+                    f"avg by (model_name) (sum by (model_name, instance) (vllm:num_requests_waiting{{{MODEL}}}))",
+                    "waiting per pod {{model_name}}",
+                ),
+                (
+                    f"avg by (model_name) (sum by (model_name, instance) (vllm:num_requests_running{{{MODEL}}}))",
+                    "running per pod {{model_name}}",
+                ),
             ),
             (6, 0, 18, 8),
             threshold=float(t["queue_threshold"]),
+            target=float(t["hpa_queue_target"]),
         ),
         Panel(
             "KV cache usage",
@@ -153,11 +164,21 @@ def panels(thresholds: Mapping[str, Any] | None = None) -> list[Panel]:
             threshold=float(t["p99_ttft_seconds"]),
         ),
         Panel(
+            "Inter-token latency, p50 / p99",
+            "The gap between two streamed tokens: how fast an answer reads once it started. The red line "
+            "is VLLMHighInterTokenLatency's p99 threshold.",
+            "s",
+            _quantiles("vllm:inter_token_latency_seconds"),
+            (12, 16, 12, 8),
+            threshold=float(t["p99_itl_seconds"]),
+        ),
+        Panel(
             "End-to-end request latency, p50 / p99",
-            "Whole request, queue included. The red line is VLLMHighP99Latency's threshold.",
+            "Whole request, queue included; it grows with answer length, so it is no page. The red line is "
+            "VLLMHighP99Latency's threshold (severity info).",
             "s",
             _quantiles("vllm:e2e_request_latency_seconds"),
-            (12, 16, 12, 8),
+            (0, 24, 12, 8),
             threshold=float(t["p99_latency_seconds"]),
         ),
         Panel(
@@ -166,7 +187,7 @@ def panels(thresholds: Mapping[str, Any] | None = None) -> list[Panel]:
             "later): wasted work, a sign the cache or --max-num-seqs is too tight.",
             "short",
             ((f"sum by (model_name) (rate(vllm:num_preemptions_total{{{MODEL}}}[{RATE}]))", "{{model_name}}"),),
-            (0, 24, 12, 8),
+            (12, 24, 12, 8),
         ),
         Panel(
             "HTTP 5xx ratio",
@@ -174,7 +195,7 @@ def panels(thresholds: Mapping[str, Any] | None = None) -> list[Panel]:
             "counter); 0, not 'No data', while there are none. The red line is VLLMHighErrorRate's threshold.",
             "percentunit",
             ((f"(sum by (job) ({errors}) or 0 * sum by (job) ({requests})) / sum by (job) ({requests})", "{{job}}"),),
-            (12, 24, 12, 8),
+            (0, 32, 12, 8),
             threshold=float(t["error_rate_ratio"]),
             max_value=1.0,
         ),
@@ -183,6 +204,8 @@ def panels(thresholds: Mapping[str, Any] | None = None) -> list[Panel]:
 
 def _field_config(panel: Panel) -> dict[str, Any]:
     steps: list[dict[str, Any]] = [{"color": "green", "value": None}]
+    if panel.target is not None:
+        steps.append({"color": "orange", "value": panel.target})
     if panel.threshold is not None:
         steps.append({"color": "red", "value": panel.threshold})
     if panel.kind == "stat":  # up: red below 1, green at 1
@@ -402,7 +425,10 @@ def variable_query_metric(dashboard: Mapping[str, Any] | None = None) -> str:
 
 
 def metric_names(dashboard: Mapping[str, Any] | None = None) -> set[str]:
-    """Every metric name the dashboard reads (panels, annotations, the variable), per :func:`servelab.observe.promql.metric_names`."""
+    """Every metric name the dashboard reads (panels, annotations, the variable).
+
+    Names are found per :func:`servelab.observe.promql.metric_names`.
+    """
     names = {variable_query_metric(dashboard)}
     for _, expr in expressions(dashboard):
         names |= promql.metric_names(expr)

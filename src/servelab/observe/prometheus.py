@@ -14,7 +14,7 @@ cell never hangs on a rule that does not fire: it fails with the rule's state an
 
 Typical use::
 
-    rules = alerts.write_rules_file(tmp / "rules.yaml", {"queue_threshold": 2, "queue_for": "6s"}, "2s")
+    rules = alerts.write_rules_file(tmp / "rules.yaml", {"queue_for": "6s"}, "2s")
     with start_prometheus({"vllm": [f"127.0.0.1:{engine.port}"]}, [rules]) as prom:
         prom.wait_for_targets()
         prom.wait_for_alert("VLLMQueueBacklog", "firing", timeout_s=120)
@@ -259,9 +259,10 @@ class PrometheusServer(ScratchServer):
         return out
 
     def alerts(self) -> list[dict[str, Any]]:
-        """Active alerts from ``/api/v1/alerts``: each has ``labels``, ``annotations``, ``state``, ``activeAt``, ``value``.
+        """Active alerts from ``/api/v1/alerts``.
 
-        Only pending and firing alerts are listed; a resolved alert disappears from this list.
+        Each has ``labels``, ``annotations``, ``state``, ``activeAt`` and ``value``. Only pending and firing
+        alerts are listed; a resolved alert disappears from this list.
         """
         return list(self._api("alerts").get("alerts", []))
 
@@ -270,7 +271,7 @@ class PrometheusServer(ScratchServer):
         states = [a.get("state") for a in self.alerts() if a.get("labels", {}).get("alertname") == name]
         for state in ("firing", "pending"):
             if state in states:
-                return state  # type: ignore[return-value]
+                return state
         return "inactive"
 
     def wait_for_alert(self, name: str, state: AlertState, timeout_s: float = 120.0, poll_s: float = 0.5) -> float:

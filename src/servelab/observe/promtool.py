@@ -52,7 +52,8 @@ def check_rules(path: str | Path, timeout: float = 60) -> tuple[bool, str]:
     return _run_promtool(["check", "rules", str(path)], timeout)
 
 
-def test_rules(paths: str | Path | Iterable[str | Path], timeout: float = 120) -> tuple[bool, str]:
+# Named after `promtool test rules`, which it runs; a library function, not a pytest test (PT028 is name-based).
+def test_rules(paths: str | Path | Iterable[str | Path], timeout: float = 120) -> tuple[bool, str]:  # noqa: PT028
     """``promtool test rules`` on rule unit-test files; returns ``(ok, output)``.
 
     Each test file names its rule files relative to its own folder (promtool resolves them so), so

@@ -252,3 +252,40 @@ def simulate(
 def replicas_needed(offered_rps: float, model: ReplicaModel) -> int:
     """The fewest replicas whose full-batch capacity covers ``offered_rps`` (a static plan, for comparison)."""
     return max(1, math.ceil(offered_rps / model.capacity_rps))
+
+
+def queue_target_bound(model: ReplicaModel, slo_ttft_s: float) -> float:
+    """The most waiting requests per pod an HPA target may hold and still let a request meet the SLO.
+
+    An HPA on the queue settles where each ready pod holds about ``target`` waiting requests (below
+    that the queue is empty and it proposes ``minReplicas``). A pod works its queue off at its
+    full-batch capacity, so a request waits ``target / capacity_rps`` seconds and then gets the TTFT of
+    a full batch: the SLO holds while ``target <= (slo_ttft_s - ttft(max_batch)) * capacity_rps``.
+    The figure depends on answer length through ``capacity_rps``: longer answers, a lower bound.
+    """
+    return max(0.0, (slo_ttft_s - model.ttft(model.max_batch)) * model.capacity_rps)
+
+
+def preferred_at_most(value: float) -> float:
+    """The largest number of the 1-2-5 series (..., 0.2, 0.5, 1, 2, 5, 10, ...) not above ``value`` > 0."""
+    if not value > 0:
+        raise ServelabError(f"{value} has no 1-2-5 value below it", "pass a positive number")
+    exponent = math.floor(math.log10(value))
+    for mantissa in (5, 2, 1):
+        candidate = round(mantissa * 10.0**exponent, 12)
+        if candidate <= value * (1 + 1e-12):
+            return candidate
+    return round(5 * 10.0 ** (exponent - 1), 12)
+
+
+def recommend_queue_target(model: ReplicaModel, slo_ttft_s: float) -> float:
+    """The HPA target (waiting requests per pod) this measurement supports: :func:`queue_target_bound`
+    rounded down to the 1-2-5 series, so the manifest carries a value a reader can check by hand."""
+    bound = queue_target_bound(model, slo_ttft_s)
+    if bound <= 0:
+        raise ServelabError(
+            f"A full batch of {model.max_batch} already takes {model.ttft(model.max_batch):.2f} s to the first token, "
+            f"more than the {slo_ttft_s:g} s SLO: no queue target can meet it.",
+            "lower max_batch (--max-num-seqs) or relax the SLO",
+        )
+    return preferred_at_most(bound)

@@ -9,6 +9,7 @@ measurement or parameter it rests on, so a claim such as "spot saves 70%" become
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, HttpUrl, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from servelab.errors import ServelabError
 from servelab.paths import data_path, repo_root
@@ -190,7 +191,7 @@ class Lever:
     name: str
     factor: float  # new cost / old cost
     basis: str  # what the factor rests on (measured where, or a parameter)
-    claim: str = ""  # what the seed claims for it
+    claim: SeedLeverClaim | None = None  # what the seed claims for the same lever
 
     @property
     def saving(self) -> float:
@@ -207,7 +208,7 @@ def batching_lever(closed_rows: Sequence[dict], source: str) -> Lever:
         1 / speedup,
         f"{single['output_token_throughput']:.1f} tok/s at C={single['concurrency']} -> "
         f"{best['output_token_throughput']:.1f} tok/s at C={best['concurrency']} (x{speedup:.1f}; {source})",
-        "throughput x10",
+        seed_lever_claim("batching"),
     )
 
 
@@ -226,7 +227,7 @@ def quantization_lever(rows: Sequence[dict], level: str, source: str, baseline: 
         1 / speedup,
         f"decode {base['decode_tok_s']:.1f} -> {quant['decode_tok_s']:.1f} tok/s (x{speedup:.2f}); "
         f"file {base['file_mib']:.0f} -> {quant['file_mib']:.0f} MiB ({size_saving:.0%} smaller; {source})",
-        "saves 50-75%",
+        seed_lever_claim("quantization"),
     )
 
 
@@ -240,7 +241,7 @@ def spot_lever(offer: Offer, interruption_overhead: float) -> Lever:
         "spot instances",
         ratio * (1 + interruption_overhead),
         f"{offer.instance} spot/on-demand {ratio:.2f} x (1 + {interruption_overhead:.0%} for interruptions)",
-        "saves 70%",
+        seed_lever_claim("spot"),
     )
 
 
@@ -252,7 +253,7 @@ def prefix_cache_lever(hit_rate: float, prefill_share: float, source: str) -> Le
         "prefix caching",
         1 - hit_rate * prefill_share,
         f"hit rate {hit_rate:.0%} x prefill share {prefill_share:.0%} of a request's time ({source})",
-        "30% of requests hit a cache",
+        seed_lever_claim("cache"),
     )
 
 
@@ -262,7 +263,7 @@ def exact_cache_lever(hit_rate: float) -> Lever:
     if not 0 <= hit_rate < 1:
         raise ServelabError("Exact-cache hit rate must be in [0, 1).", "e.g. 0.05")
     return Lever(
-        "exact-response cache", 1 - hit_rate, f"hit rate {hit_rate:.0%} (parameter)", "30% of requests hit a cache"
+        "exact-response cache", 1 - hit_rate, f"hit rate {hit_rate:.0%} (parameter)", seed_lever_claim("cache")
     )
 
 
@@ -287,7 +288,8 @@ def waterfall(baseline_usd_per_mtok: float, levers: Sequence[Lever]) -> pd.DataF
                 "saved_usd_per_mtok": cost - after,
                 "step_saving": lever.saving,
                 "basis": lever.basis,
-                "seed_claim": lever.claim,
+                "seed_claim": lever.claim.quote if lever.claim else "",
+                "seed_saving": lever.claim.saving if lever.claim else None,
             }
         )
         cost = after
@@ -300,6 +302,7 @@ def waterfall(baseline_usd_per_mtok: float, levers: Sequence[Lever]) -> pd.DataF
 
 
 class SeedExample(BaseModel):
+    original: str
     qps: PositiveFloat
     gpu: str
     before: dict[str, float]
@@ -307,18 +310,36 @@ class SeedExample(BaseModel):
     saving: float
 
 
+class SeedLeverClaim(BaseModel):
+    """One cost lever as the seed states it: its words, their translation, the saving as a number."""
+
+    original: str
+    quote: str
+    saving: float = Field(ge=0, lt=1)
+
+
 class SeedCostClaims(BaseModel):
     source: str
-    claims: dict[str, object]
-
-    @property
-    def example(self) -> SeedExample:
-        return SeedExample.model_validate(self.claims["example_100qps"])
+    levers: dict[str, SeedLeverClaim]
+    example: SeedExample = Field(alias="example_100qps")
 
 
 def load_seed_claims(path: Path | None = None) -> SeedCostClaims:
     path = path or seed_claims_path()
     return SeedCostClaims.model_validate(yaml.safe_load(path.read_text()))
+
+
+@functools.cache
+def _default_seed_claims() -> SeedCostClaims:
+    return load_seed_claims()
+
+
+def seed_lever_claim(lever: str) -> SeedLeverClaim:
+    """What the seed claims for ``lever`` (spot, batching, quantization, cache), from its data file."""
+    claims = _default_seed_claims().levers
+    if lever not in claims:
+        raise ServelabError(f"The seed states no claim for {lever!r}.", f"use one of: {', '.join(claims)}")
+    return claims[lever]
 
 
 def check_seed_example(
@@ -354,8 +375,8 @@ def check_seed_example(
             f"{after_gpus}",
             f"{plan.units}",
             plan.units <= after_gpus,
-            f"{tokens_per_request:.0f} tokens/request at {tokens_per_s_per_gpu:.0f} tok/s per A100 (the seed's table) and "
-            f"{utilization:.0%} utilization; {after_gpus} A100 suffice only up to {longest:.0f} tokens/request",
+            f"{tokens_per_request:.0f} tokens/request at {tokens_per_s_per_gpu:.0f} tok/s per A100 (the seed's table)"
+            f" and {utilization:.0%} utilization; {after_gpus} A100 suffice only up to {longest:.0f} tokens/request",
         ),
         (
             "that fleet per hour",

@@ -1,0 +1,80 @@
+"""Every notebook and lab follows the kit's conventions, so learners, papermill and the tests can rely on them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("labs/**/*.ipynb")])
+
+
+def _nb(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def test_there_are_notebooks() -> None:
+    assert any(p.parent.name == "notebooks" for p in NOTEBOOKS) and any(p.parent.name == "labs" for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path: Path) -> None:
+    """Outputs are stripped (clean diffs, no stale numbers), except the cells marked NBVAL_CHECK_OUTPUT, whose
+    committed output tests/notebooks/test_notebooks.py compares with what each run prints."""
+    for i, cell in enumerate(_nb(path).cells):
+        if cell.cell_type != "code":
+            continue
+        assert not cell.get("execution_count"), f"cell {i} has an execution count: clear outputs before committing"
+        if "NBVAL_CHECK_OUTPUT" not in cell.source:
+            assert not cell.get("outputs"), f"cell {i} has outputs: clear them before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_one_parameters_cell_with_a_profile(path: Path) -> None:
+    cells = [c for c in _nb(path).cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters' (papermill)"
+    assigned = {
+        t.id
+        for node in ast.parse(cells[0].source).body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    }
+    assert "profile" in assigned
+    for node in ast.parse(cells[0].source).body:  # plain literals only: papermill overrides them
+        assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.UnaryOp)), (
+            f"parameters cell: keep to plain literal assignments ({ast.unparse(node)[:60]})"
+        )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_opens_with_objectives_time_prerequisites_and_closes_with_summary(path: Path) -> None:
+    cells = _nb(path).cells
+    opening = cells[0].source.lower()
+    closing = " ".join(c.source for c in cells[-2:] if c.cell_type == "markdown").lower()
+    assert cells[0].cell_type == "markdown" and opening.startswith("# ")
+    for word in ("objectives", "time", "prerequisites"):
+        assert word in opening, f"the first cell should state the {word}"
+    assert "summary" in closing and "what to try next" in closing
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_numbered_name(path: Path) -> None:
+    assert path.stem[:2].isdigit() or (path.stem.startswith("lab") and path.stem[3:5].isdigit())
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_checked_cells_commit_the_text_they_are_checked_against(path: Path) -> None:
+    """A cell marked NBVAL_CHECK_OUTPUT with no committed output would be compared with nothing; its output
+    must be plain text (a stream or text/plain), which a run can reproduce exactly."""
+    for i, cell in enumerate(_nb(path).cells):
+        if cell.cell_type != "code" or "NBVAL_CHECK_OUTPUT" not in cell.source:
+            continue
+        assert cell.get("outputs"), f"cell {i} is marked NBVAL_CHECK_OUTPUT but commits no output to compare"
+        for out in cell.outputs:
+            assert out.output_type == "stream" or (
+                out.output_type in ("execute_result", "display_data") and set(out.data) == {"text/plain"}
+            ), f"cell {i}: commit only text output ({out.output_type})"
