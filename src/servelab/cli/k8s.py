@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from servelab.cli.console import console
+from servelab.cli.console import console, fail
+from servelab.errors import ServelabError
 
 app = typer.Typer(
     help="Kubernetes manifests: validate offline (1.25, 1.32, 1.35-1.37), dry-run on a cluster.", no_args_is_help=True
@@ -22,6 +23,12 @@ def manifests_validate(root: str = typer.Argument("manifests", help="folder or f
     from servelab.k8s import manifests
 
     path = Path(root)
+    if not path.exists():
+        fail(
+            ServelabError(
+                f"{root} does not exist: nothing was validated.", "pass a manifest file or folder, e.g. manifests"
+            )
+        )
     problems = manifests.validate_file(path) if path.is_file() else manifests.validate_tree(path)
     for problem in problems:
         console.print(f"[red]{problem}[/red]")

@@ -369,3 +369,13 @@ def test_dry_run_without_a_cluster_says_so(monkeypatch: pytest.MonkeyPatch, tmp_
     result = manifests.apply_if_cluster(MANIFESTS / "vllm" / "overlays" / "cpu")
     assert not result.ran and not result.ok
     assert ("no cluster is configured" if binaries.find("kubectl") else "kubectl is not installed") in result.output
+
+
+def test_validating_a_path_that_does_not_exist_fails_instead_of_saying_valid(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from servelab.cli import app
+
+    result = CliRunner().invoke(app, ["manifests", "validate", str(tmp_path / "nope")])
+    said = " ".join(result.output.split())  # rich wraps long lines at the terminal width
+    assert result.exit_code == 1 and "does not exist: nothing was validated" in said and "valid for" not in said
