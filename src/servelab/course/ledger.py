@@ -379,7 +379,7 @@ def seed_benchmark() -> pd.DataFrame:
     gpu_name = next(name for name in hw["gpus"] if name.startswith("A100"))
     bandwidth = hw["gpus"][gpu_name]["memory_bandwidth_gb_s"] * 1e9
     params = hw["models"]["Llama-2-7B"]["parameters"]
-    example = cost.load_seed_claims().example
+    example = cost.seed_claims().example
     seed_price = example.before["usd_per_hour"] / example.before["gpus"]
     rows = []
     for row in seed.tables()[TABLE_KINDS["benchmark-table"]]:
@@ -480,7 +480,7 @@ def _int8_implied_saving(ctx: _Context, arg: str | None) -> Value:
 
     table = seed_benchmark()
     fp16, int8 = table.loc["vLLM FP16"], table.loc["vLLM INT8"]
-    claimed = cost.load_seed_claims().levers["quantization"].saving
+    claimed = cost.seed_claims().levers["quantization"].saving
     return Value(
         f"−{1 - int8.usd_per_mtok / fp16.usd_per_mtok:.0%} per 1M tokens by the $/1M column, "
         f"−{1 - fp16.tokens_per_s / int8.tokens_per_s:.0%} by throughput at one price; "
@@ -506,7 +506,7 @@ def _fleet(arg: str | None) -> tuple[float, float, float]:
     """(GPUs, the seed's $/h, QPS) of the example's ``before`` or ``after`` fleet."""
     from servelab.planning import cost
 
-    example = cost.load_seed_claims().example
+    example = cost.seed_claims().example
     side = _need(arg, "before or after")
     if side not in ("before", "after"):
         raise ServelabError(f"arg {side!r}: use before or after")
@@ -541,7 +541,7 @@ def _fleet_max_tokens(ctx: _Context, arg: str | None) -> Value:
 def _example_saving(ctx: _Context, arg: str | None) -> Value:
     from servelab.planning import cost
 
-    example = cost.load_seed_claims().example
+    example = cost.seed_claims().example
     before, after = example.before["gpus"], example.after["gpus"]
     return Value(f"1 − {after:.0f}/{before:.0f} = {1 - after / before:.0%} (claimed {example.saving:.0%})", "the seed")
 

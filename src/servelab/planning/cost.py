@@ -330,13 +330,14 @@ def load_seed_claims(path: Path | None = None) -> SeedCostClaims:
 
 
 @functools.cache
-def _default_seed_claims() -> SeedCostClaims:
+def seed_claims() -> SeedCostClaims:
+    """The kit's own seed claims file, read once per process (the levers and the ledger ask often)."""
     return load_seed_claims()
 
 
 def seed_lever_claim(lever: str) -> SeedLeverClaim:
     """What the seed claims for ``lever`` (spot, batching, quantization, cache), from its data file."""
-    claims = _default_seed_claims().levers
+    claims = seed_claims().levers
     if lever not in claims:
         raise ServelabError(f"The seed states no claim for {lever!r}.", f"use one of: {', '.join(claims)}")
     return claims[lever]
