@@ -71,7 +71,9 @@ def check_vllm_deployment(yaml_text: str) -> list[LabCheck]:
     probes = [container.get(k) or {} for k in ("startupProbe", "readinessProbe", "livenessProbe")]
     image = str(container.get("image", ""))
     return [
-        LabCheck(f"valid for Kubernetes {versions}", not schema, "; ".join(p.message for p in schema) or ""),
+        LabCheck(
+            f"valid for Kubernetes {versions}", not schema, "; ".join(dict.fromkeys(p.message for p in schema)) or ""
+        ),
         LabCheck(
             "serving rules (selector, 2+ replicas, probes, requests)",
             not rules,
