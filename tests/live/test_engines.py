@@ -105,18 +105,26 @@ def test_every_metric_the_autoscalers_and_the_dashboard_read_is_exported_by_the_
     assert not asked & exported  # the renamed metric exists only in the custom metrics API
 
 
-def test_bench_harness_agrees_with_vllm_bench_serve(vllm: Engine) -> None:
-    """Same server, same workload, both tools: the kit's figures must match vLLM's own benchmark.
-    Measured here within 6% (throughput +5.5%, median TTFT -1.4%, median TPOT -5.6%); the bounds are
-    generous sanity bounds for a shared 2-core CI machine. Median TTFT gets a wider one: over 16
-    requests at concurrency 4 it depends on where each arrival falls against another request's
-    prefill, and one clean-clone run measured 0.33 vs 0.42 s (-20%) while throughput and TPOT agreed
-    within 3%. The full profile of notebook 05 holds all three within 10% (measured 1.8%)."""
+def test_bench_harness_agrees_with_the_server_and_with_vllm_bench_serve(vllm: Engine) -> None:
+    """Same server, same workload, both tools, each checked against the engine's own counters for its run.
+
+    The referee is the server: the kit must count exactly the tokens vLLM generated, and its mean TTFT
+    and TPOT must match vLLM's histograms for the same window. Client against client is only a sanity
+    bound: the two runs are back to back on a shared 2-core machine, and one CI run saw the second run
+    24% slower in throughput and 31% in TPOT while the same comparison on a quiet machine agreed
+    within 6%; the server's figures move with the machine, so the per-window checks do not. Measured
+    here: the kit within 1.3% of the server's mean TTFT and 0.2% of its mean TPOT, vllm bench serve
+    within 2.3% and 0.1%."""
     from servelab.bench.crosscheck import cross_check
 
     table = cross_check(
         vllm.url, vllm.served_model, str(model.hf_dir()), input_len=64, output_len=32, num_prompts=16, concurrency=4
-    )
-    bounds = {"output_token_throughput": 0.15, "tpot_p50_s": 0.15, "ttft_p50_s": 0.35}
-    assert set(table["figure"]) == set(bounds), table.to_string()
-    assert (table["difference"].abs() < table["figure"].map(bounds)).all(), table.to_string()
+    ).set_index("figure")
+    text = table.to_string()
+    assert table.loc["output_tokens_total", "servelab.bench"] == 16 * 32, text
+    assert table.loc["output_tokens_total", "kit vs server"] == 0, text
+    assert table.loc["output_tokens_total", "vllm vs server"] == 0, text
+    for figure, bound in {"ttft_mean_s": 0.2, "tpot_mean_s": 0.05}.items():
+        assert abs(table.loc[figure, "kit vs server"]) < bound, text
+        assert abs(table.loc[figure, "vllm vs server"]) < bound, text
+    assert (table["difference"].abs() < 0.6).all(), text
