@@ -115,6 +115,12 @@ def _check_lab_passed(r: dict) -> None:
     assert r["checks_total"] >= 3 and r["checks_passed"] == r["checks_total"]
 
 
+def _check_lab_starting_point(r: dict) -> None:
+    """Untouched, a lab's checks must fail (proof that they can), each with a hint, and nothing may raise."""
+    assert r["checks_total"] >= 3 and r["checks_passed"] < r["checks_total"]
+    assert r["failed"] and all(r["hints"].get(name, "").strip() for name in r["failed"])
+
+
 def _check_02_deploy_vllm(r: dict) -> None:
     assert 0 < r["vllm_ready_s"] < 600
     assert r["chat_answer"].strip()
@@ -331,16 +337,31 @@ def test_output_check_ignores_counts_and_metadata_and_catches_a_change() -> None
     assert len(_output_mismatches(committed, ran)) == 1
 
 
+def _runs() -> list[Any]:
+    """Every notebook once. Every lab twice: with its reference solution (a broken solution or checker
+    fails here) and untouched, as a learner first meets it (its checks must fail with hints, no error)."""
+    runs = []
+    for notebook in discover():
+        rel = str(notebook.relative_to(ROOT))
+        if notebook.relative_to(ROOT).parts[0] == "labs":
+            runs.append(pytest.param(notebook, "solution", id=rel))
+            runs.append(pytest.param(notebook, "starting point", id=f"{rel} (starting point)"))
+        else:
+            runs.append(pytest.param(notebook, "as shipped", id=rel))
+    return runs
+
+
 @pytest.mark.notebook
-@pytest.mark.parametrize("notebook", discover(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_notebook_runs_and_records_sane_figures(notebook: Path, notebook_timings: dict[str, float]) -> None:
+@pytest.mark.parametrize(("notebook", "state"), _runs())
+def test_notebook_runs_and_records_sane_figures(notebook: Path, state: str, notebook_timings: dict[str, float]) -> None:
     name = notebook.stem
     assert name in EXPECTATIONS, f"{notebook} has no entry in tests/notebooks/test_notebooks.py EXPECTATIONS"
-    out = ARTIFACTS / notebook.relative_to(ROOT)
+    untouched = state == "starting point"
+    rel = notebook.relative_to(ROOT)
+    out = ARTIFACTS / (rel.with_name(f"{rel.stem}.starting-point.ipynb") if untouched else rel)
     out.parent.mkdir(parents=True, exist_ok=True)
     marker = uuid.uuid4().hex
-    # Labs run with their reference solution: a broken solution or checker then fails here.
-    lab = ["-p", "use_reference_solution", "True"] if notebook.parts[-2] == "labs" else []
+    lab = ["-p", "use_reference_solution", "True"] if state == "solution" else []
     lab += PARAMETERS.get(name, [])
     cmd = [
         sys.executable,
@@ -378,9 +399,9 @@ def test_notebook_runs_and_records_sane_figures(notebook: Path, notebook_timings
         _kill_run(marker)
         proc.communicate()
         pytest.fail(f"{notebook.name} did not finish within {OUTER_TIMEOUT_S:.0f} s (killed)")
-    _record_time(notebook_timings, str(notebook.relative_to(ROOT)), time.perf_counter() - began)
+    _record_time(notebook_timings, f"{rel} (starting point)" if untouched else str(rel), time.perf_counter() - began)
     errors = _error_outputs(out) if out.is_file() else ["no executed notebook written"]
     assert proc.returncode == 0 and not errors, f"{notebook.name} failed: {errors}\n{log[-3000:]}"
     mismatches = _output_mismatches(nbformat.read(notebook, as_version=4), nbformat.read(out, as_version=4))
     assert not mismatches, f"{notebook.name}: " + "\n".join(mismatches)
-    EXPECTATIONS[name](results.load(name))
+    (_check_lab_starting_point if untouched else EXPECTATIONS[name])(results.load(name))
