@@ -88,6 +88,19 @@ def test_every_metric_an_alert_rule_names_is_exported_by_the_live_server(vllm: E
     assert not any(missing.values()), missing
 
 
+def test_the_recorded_vllm_metric_names_are_what_the_live_server_exports(vllm: Engine) -> None:
+    """Lab 06 grades a learner's PromQL against data/reference/vllm_metric_names.txt: it must be this vLLM's."""
+    from servelab.course.labs.alerting import vllm_metric_names, vllm_metric_names_path
+
+    vllm.complete("warm the histograms", max_tokens=2)
+    live = metrics.series_names(metrics.scrape(vllm.url + "/metrics"), "vllm:")
+    recorded = vllm_metric_names()
+    assert live == recorded, (
+        f"{vllm_metric_names_path()} is stale: only live {sorted(live - recorded)}, only recorded "
+        f"{sorted(recorded - live)}. Replace its names (keep the header) with:\n" + "\n".join(sorted(live))
+    )
+
+
 def test_every_metric_the_autoscalers_and_the_dashboard_read_is_exported_by_the_live_server(vllm: Engine) -> None:
     """prometheus-adapter's rule, KEDA's query and the Grafana panels read Prometheus series by vLLM's names;
     the HPA asks for the adapter's rename (Kubernetes metric names cannot hold ':'), which must be exactly

@@ -41,6 +41,23 @@ def samples(text: str, prefix: str = "") -> list[tuple[str, dict[str, str], floa
     ]
 
 
+def series_names(text: str, prefix: str = "") -> set[str]:
+    """The names a PromQL query can use: every sample name, plus each histogram's family name.
+
+    A counter's family name (``vllm:num_preemptions`` for ``vllm:num_preemptions_total``) is left out:
+    the parser reports it, but Prometheus stores only ``..._total``, so a rule that names the family
+    matches nothing.
+    """
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith(prefix):
+            continue
+        names |= {s.name for s in family.samples}
+        if family.type in ("histogram", "gaugehistogram", "summary"):
+            names.add(family.name)
+    return names
+
+
 def totals(url: str, names: list[str], timeout: float = 10.0) -> dict[str, float]:
     """The current value of each sample name in ``names``, summed over its labels (0 when absent).
 

@@ -1,9 +1,14 @@
 """The lab checkers reject the starting point and the classic mistakes, and accept the reference."""
 
+import json
 from pathlib import Path
+
+import yaml
 
 from servelab import results
 from servelab.course import labs, seed
+from servelab.course.labs import alerting
+from servelab.observe import alerts
 
 ROOT = Path(__file__).resolve().parents[3]
 SOLUTION = (ROOT / "labs" / "solutions" / "lab01_deployment.yaml").read_text()
@@ -45,3 +50,57 @@ def test_report_gives_hints_and_a_score_without_raising(tmp_path, monkeypatch, c
     assert all(recorded["hints"][name] for name in recorded["failed"])
     labs.report(labs.check_vllm_deployment(SOLUTION), lab="t")
     assert "All" in capsys.readouterr().out and results.load("t")["failed"] == []
+
+
+SEED_QUEUE_RULE = next(
+    r for r in yaml.safe_load(seed.rules_text())["spec"]["groups"][0]["rules"] if r["alert"] == "HighQueueSize"
+)
+LAB06_SOLUTION = (ROOT / "labs" / "solutions" / "lab06_queue_alert.yaml").read_text()
+
+
+def test_lab06_starts_from_the_seeds_queue_alert() -> None:
+    nb = json.loads((ROOT / "labs" / "lab06_the_alert_that_never_fires.ipynb").read_text())
+    start = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("# YOUR TURN"))
+    assert yaml.safe_load(start.split('"""')[1]) == SEED_QUEUE_RULE
+
+
+def test_lab06_solution_is_the_kits_rule_and_passes() -> None:
+    kit = next(r for r in alerts.render_rules()["groups"][0]["rules"] if r["alert"] == "VLLMQueueBacklog")
+    solution = yaml.safe_load(LAB06_SOLUTION)
+    assert (solution["expr"], solution["for"]) == (kit["expr"], kit["for"])
+    assert all(c.ok for c in labs.check_queue_alert(LAB06_SOLUTION))
+
+
+def test_lab06_the_seeds_rule_fails_with_hints() -> None:
+    checks = labs.check_queue_alert(yaml.safe_dump(SEED_QUEUE_RULE))
+    failed = {c.name: c.hint for c in checks if not c.ok}
+    assert (
+        "every metric is one vLLM exports" in failed
+        and "vllm_num_requests_waiting" in failed["every metric is one vLLM exports"]
+    )
+    assert any(name.startswith("fires:") for name in failed) and "a severity label to route on" in failed
+
+
+def test_lab06_each_classic_mistake_is_caught_by_the_fleet_it_breaks() -> None:
+    good = yaml.safe_load(LAB06_SOLUTION)
+    summed = {**good, "expr": "sum by (model_name) (vllm:num_requests_waiting) > 50"}
+    no_for = {key: value for key, value in good.items() if key != "for"}
+    too_low = {**good, "expr": good["expr"].replace("> 2", "> 0.4")}
+
+    at_target, losing, burst = (fleet.name for fleet in alerting.fleets())
+
+    def failed(rule: dict) -> list[str]:
+        return [c.name for c in labs.check_queue_alert(yaml.safe_dump(rule)) if not c.ok]
+
+    assert failed(summed) == [at_target, losing]  # pages for the big healthy fleet, misses the losing one
+    assert failed(no_for) == [burst]
+    assert failed(too_low) == [at_target]
+
+
+def test_lab06_bad_yaml_and_bad_promql_get_hints_not_tracebacks() -> None:
+    (yaml_error,) = labs.check_queue_alert("alert: [unclosed")
+    assert not yaml_error.ok and "YAML" in yaml_error.hint
+    (promql_error,) = labs.check_queue_alert("alert: Q\nexpr: avg(vllm:num_requests_waiting > 2\n")
+    assert not promql_error.ok and "promtool" in promql_error.hint
+    (not_a_rule,) = labs.check_queue_alert("just text")
+    assert not not_a_rule.ok and "alert:" in not_a_rule.hint

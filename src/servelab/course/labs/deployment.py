@@ -1,54 +1,12 @@
-"""Automatic checks for the hands-on labs: each check says what passed and, when not, a hint.
-
-A lab calls one ``check_*`` function on the learner's answer and :func:`report` shows the verdict: a
-table of checks with a hint beside each one that fails. A failing check is the normal state of an
-unsolved exercise, so it never raises: the learner reads hints, not a traceback. The score goes to
-``results/<lab>.json``, where the test suite reads it twice: on the untouched starting point (some
-checks must fail, each with a hint, which proves they can) and on the reference solution (all pass).
-"""
+"""Lab 01: the seed's vLLM Deployment, checked against every Kubernetes schema the kit knows and the
+serving rules the kit's own manifests follow (selector, replicas, probes, requests, a current image)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import yaml
 
+from servelab.course.labs.grading import LabCheck
 from servelab.k8s import manifests
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-
-@dataclass(frozen=True)
-class LabCheck:
-    name: str
-    ok: bool
-    hint: str
-
-
-def report(checks: list[LabCheck], lab: str) -> pd.DataFrame:
-    """Record the score in ``results/<lab>.json``, print the verdict, and return the checks as a table."""
-    import pandas as pd
-
-    from servelab import results
-
-    failed = [c for c in checks if not c.ok]
-    results.record(
-        lab,
-        checks_total=len(checks),
-        checks_passed=len(checks) - len(failed),
-        failed=[c.name for c in failed],
-        hints={c.name: c.hint for c in failed},
-    )
-    if failed:
-        passed = len(checks) - len(failed)
-        print(f"Not yet: {passed} of {len(checks)} checks pass. Fix the rows marked NO, then run again.")
-    else:
-        print(f"All {len(checks)} checks pass.")
-    return pd.DataFrame(
-        [{"check": c.name, "passed": "yes" if c.ok else "NO", "hint": "" if c.ok else c.hint} for c in checks]
-    )
 
 
 def check_vllm_deployment(yaml_text: str) -> list[LabCheck]:

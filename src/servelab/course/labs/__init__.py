@@ -1,0 +1,11 @@
+"""The hands-on labs' automatic checks: one module per lab, one way to grade (:mod:`.grading`).
+
+A lab notebook calls its ``check_*`` function on the learner's answer and passes the result to
+:func:`report`. Labs live in ``labs/``; their reference solutions in ``labs/solutions/``.
+"""
+
+from servelab.course.labs.alerting import check_queue_alert
+from servelab.course.labs.deployment import check_vllm_deployment
+from servelab.course.labs.grading import LabCheck, report
+
+__all__ = ["LabCheck", "check_queue_alert", "check_vllm_deployment", "report"]
