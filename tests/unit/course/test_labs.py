@@ -3,11 +3,13 @@
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from servelab import results
 from servelab.course import labs, seed
-from servelab.course.labs import alerting
+from servelab.course.labs import alerting, autoscaling
+from servelab.k8s import shipped
 from servelab.observe import alerts
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -104,3 +106,52 @@ def test_lab06_bad_yaml_and_bad_promql_get_hints_not_tracebacks() -> None:
     assert not promql_error.ok and "promtool" in promql_error.hint
     (not_a_rule,) = labs.check_queue_alert("just text")
     assert not not_a_rule.ok and "alert:" in not_a_rule.hint
+
+
+LAB07_SOLUTION = yaml.safe_load((ROOT / "labs" / "solutions" / "lab07_autoscaling.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def day() -> autoscaling.Day:
+    return autoscaling.reference_day()
+
+
+def test_lab07_starts_from_the_seeds_hpa_and_its_solution_is_what_the_kit_ships() -> None:
+    nb = json.loads((ROOT / "labs" / "lab07_the_autoscaler_that_never_scales.ipynb").read_text())
+    start = next("".join(c["source"]) for c in nb["cells"] if "".join(c["source"]).startswith("# YOUR TURN"))
+    assert yaml.safe_load(start.split('"""')[1]) == list(yaml.safe_load_all(seed.manifest_text()))[1]
+    assert "max_num_seqs = None" in start
+    shipped_hpa = yaml.safe_load((ROOT / "manifests" / "vllm" / "base" / "hpa.yaml").read_text())
+    assert yaml.safe_load(LAB07_SOLUTION["hpa"]) == shipped_hpa
+    assert LAB07_SOLUTION["max_num_seqs"] == shipped.max_num_seqs("cpu")
+
+
+def test_lab07_the_seeds_hpa_fails_every_check_with_a_hint(day: autoscaling.Day) -> None:
+    seed_hpa = yaml.safe_dump(list(yaml.safe_load_all(seed.manifest_text()))[1])
+    checks = labs.check_autoscaling(seed_hpa, None, day)
+    assert not any(c.ok for c in checks) and all(c.hint for c in checks)
+
+
+def test_lab07_the_solution_passes_and_each_classic_mistake_fails_where_it_should(day: autoscaling.Day) -> None:
+    hpa = LAB07_SOLUTION["hpa"]
+
+    def failed(text: str, batch: int | None) -> list[str]:
+        return [c.name for c in labs.check_autoscaling(text, batch, day) if not c.ok]
+
+    assert failed(hpa, LAB07_SOLUTION["max_num_seqs"]) == []
+    assert failed(hpa, None) == [
+        "--max-num-seqs caps the batch at a measured size",
+        autoscaling.MEETS_SLO,
+        autoscaling.SAVES,
+    ]
+    assert failed(hpa.replace('"500m"', '"10"'), 8) == [autoscaling.MEETS_SLO]  # the seed's target: 13% late
+    assert failed(hpa.replace("minReplicas: 2", "minReplicas: 10"), 8) == [autoscaling.SAVES]  # never shrinks
+
+
+def test_lab07_bad_input_gets_hints_not_tracebacks(day: autoscaling.Day) -> None:
+    (yaml_error,) = labs.check_autoscaling("spec: [unclosed", 8, day)
+    assert "YAML" in yaml_error.hint
+    no_value = LAB07_SOLUTION["hpa"].replace('averageValue: "500m"', "")
+    checks = {c.name: c for c in labs.check_autoscaling(no_value, 8, day)}
+    assert not checks[autoscaling.MEETS_SLO].ok and checks[autoscaling.MEETS_SLO].hint
+    assert not labs.check_autoscaling(LAB07_SOLUTION["hpa"], 0, day)[2].ok
