@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from servelab import results
+from servelab.bench.stats import BenchResult, RequestRecord
 from servelab.course import labs, seed
 from servelab.course.labs import alerting, autoscaling
 from servelab.k8s import shipped
@@ -155,3 +156,37 @@ def test_lab07_bad_input_gets_hints_not_tracebacks(day: autoscaling.Day) -> None
     checks = {c.name: c for c in labs.check_autoscaling(no_value, 8, day)}
     assert not checks[autoscaling.MEETS_SLO].ok and checks[autoscaling.MEETS_SLO].hint
     assert not labs.check_autoscaling(LAB07_SOLUTION["hpa"], 0, day)[2].ok
+
+
+LAB05_SOLUTION = yaml.safe_load((ROOT / "labs" / "solutions" / "lab05_benchmark.yaml").read_text())
+COLLEAGUE = {"request_rate": None, "concurrency": 1, "num_requests": 5, "output_tokens": 32, "force_length": False}
+
+
+def _run(n: int, tokens: int, failed: int = 0) -> BenchResult:
+    """A run's records as the load generator writes them (the lab's live run is in tests/notebooks)."""
+    records = [RequestRecord(i, i * 1.0, "ok", ttft_s=0.2, e2e_s=0.5, output_tokens=tokens) for i in range(n)]
+    records += [RequestRecord(n + i, 0.0, "timeout", error="no answer within 120 s") for i in range(failed)]
+    return BenchResult(records, {}, duration_s=float(n))
+
+
+def test_lab05_the_colleagues_settings_fail_with_hints_and_the_solution_passes() -> None:
+    failed = [c for c in labs.check_benchmark(COLLEAGUE, _run(5, 32), 0.8) if not c.ok]
+    assert len(failed) == 3 and all(c.hint for c in failed)
+    assert "closed loop" in failed[0].hint and "force_length=False" in failed[1].hint
+    solution = {**LAB05_SOLUTION, "request_rate": 0.8}
+    assert all(c.ok for c in labs.check_benchmark(solution, _run(40, 32), 0.8))
+
+
+def test_lab05_checks_grade_the_run_not_only_the_settings() -> None:
+    solution = {**LAB05_SOLUTION, "request_rate": 0.8}
+    names = {c.name: c.ok for c in labs.check_benchmark(solution, _run(38, 31, failed=2), 0.8)}
+    assert list(names.values()) == [True, False, True, False]  # short answers and timeouts show in the records
+    assert not labs.check_benchmark({**solution, "request_rate": 2.0}, _run(40, 32), 0.8)[0].ok
+
+
+def test_lab05_bad_settings_get_one_clear_row(capsys) -> None:
+    for bad in ({**COLLEAGUE, "num_requests": "5"}, {**COLLEAGUE, "rate": 1}, {**COLLEAGUE, "force_length": 1}):
+        (row,) = labs.check_benchmark(bad, None, 0.8)
+        assert not row.ok and "fix:" in row.hint
+    (not_run,) = labs.check_benchmark(COLLEAGUE, None, 0.8)
+    assert "run the cell above" in not_run.hint

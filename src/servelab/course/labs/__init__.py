@@ -6,7 +6,16 @@ A lab notebook calls its ``check_*`` function on the learner's answer and passes
 
 from servelab.course.labs.alerting import check_queue_alert
 from servelab.course.labs.autoscaling import check_autoscaling
+from servelab.course.labs.benchmarking import check_benchmark, run_benchmark_settings
 from servelab.course.labs.deployment import check_vllm_deployment
 from servelab.course.labs.grading import LabCheck, report
 
-__all__ = ["LabCheck", "check_autoscaling", "check_queue_alert", "check_vllm_deployment", "report"]
+__all__ = [
+    "LabCheck",
+    "check_autoscaling",
+    "check_benchmark",
+    "check_queue_alert",
+    "check_vllm_deployment",
+    "report",
+    "run_benchmark_settings",
+]
