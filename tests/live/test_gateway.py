@@ -30,14 +30,19 @@ KEYS = {"alice": "sk-test-alice", "bob": "sk-test-bob", "tiny": "sk-test-tiny", 
 
 def _config(replicas: list[tuple[str, Engine]], audit_path: Path, **settings: Any) -> GatewayConfig:
     keys = [
-        KeyConfig.from_secret("alice", KEYS["alice"], requests_per_minute=1000, tokens_per_minute=200_000),
+        KeyConfig.from_secret(
+            "alice", KEYS["alice"], requests_per_minute=1000, tokens_per_minute=200_000, max_concurrent=8
+        ),
         KeyConfig.from_secret("bob", KEYS["bob"], requests_per_minute=2, tokens_per_minute=10_000),
         KeyConfig.from_secret("tiny", KEYS["tiny"], requests_per_minute=100, tokens_per_minute=40),
-        KeyConfig.from_secret("burst", KEYS["burst"], requests_per_minute=10_000, tokens_per_minute=1_000_000),
+        KeyConfig.from_secret(
+            "burst", KEYS["burst"], requests_per_minute=10_000, tokens_per_minute=1_000_000, max_concurrent=256
+        ),
     ]
     return GatewayConfig(
         replicas=[ReplicaConfig(name=name, url=e.url, health_path="/docs") for name, e in replicas],
         keys=keys,
+        models=sorted({e.served_model for _, e in replicas}),
         audit_path=str(audit_path),
         health_interval_s=0.5,
         max_outstanding_per_replica=1,
@@ -193,7 +198,7 @@ def test_timeouts_give_504_or_cut_the_stream_and_prompts_are_logged_when_on(
     replicas: dict[str, Engine], tmp_path: Path
 ) -> None:
     config = _config(list(replicas.items()), tmp_path / "audit.jsonl", audit_prompts=True)
-    config = config.model_copy(update={"request_timeout_s": 1.0})
+    config = config.model_copy(update={"request_timeout_s": 1.0, "stream_timeout_s": 1.0})
     long = _body(replicas, max_tokens=200, logit_bias={"2": -100}, prompt="Tell me a very long story")
     with start_gateway(config) as strict:
         began = time.perf_counter()
@@ -223,7 +228,8 @@ def test_killing_a_replica_under_load_loses_only_requests_in_flight(tmp_path: Pa
     with (
         start_llamacpp(options=ONE_THREAD) as a,
         start_llamacpp(options=ONE_THREAD) as b,
-        start_gateway(_config([("a", a), ("b", b)], tmp_path / "audit.jsonl")) as gw,
+        # The drill's requests are byte-identical: one killed mid-request would quarantine all the others.
+        start_gateway(_config([("a", a), ("b", b)], tmp_path / "audit.jsonl", poison_quarantine_s=0)) as gw,
     ):
         report = drills.failover_drill(
             gw, b, "b", a.served_model, KEYS["alice"], concurrency=6, duration_s=7.0, kill_at_s=2.5, max_tokens=16

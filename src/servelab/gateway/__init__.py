@@ -1,4 +1,5 @@
-"""An OpenAI-compatible gateway in front of engine replicas: API keys, per-key rate limits, timeouts,
+"""An OpenAI-compatible gateway in front of engine replicas: API keys, an allow-list of request fields,
+per-key rate limits and concurrency caps with fair queueing, timeouts,
 client-disconnect cancellation, health-checked load balancing with failover, an audit log and
 Prometheus metrics. Notebook 08 shows each of these working and failing.
 
@@ -14,7 +15,8 @@ Why the kit has its own instead of an existing gateway (checked in 2026, see not
 
 The gateway here is small on purpose (FastAPI + httpx + ``limits`` + ``prometheus_client``), with
 one module per job, so a learner can read every decision: :mod:`.config`, :mod:`.auth`,
-:mod:`.ratelimit`, :mod:`.replicas`, :mod:`.proxy`, :mod:`.audit`, :mod:`.metrics`, :mod:`.app`;
+:mod:`.validate` (what is forwarded), :mod:`.ratelimit`, :mod:`.replicas`, :mod:`.proxy`, :mod:`.breaker`
+(requests of death), :mod:`.audit`, :mod:`.metrics`, :mod:`.app`, :mod:`.server` (connection limits);
 :mod:`.launch` starts it as a managed process for notebooks and tests. The deployable part imports
 nothing else of the kit but :mod:`servelab.errors` and :mod:`servelab.sse` (``pip install .[gateway]``).
 In production with a cluster and a database, LiteLLM or Envoy AI Gateway are sound choices; the

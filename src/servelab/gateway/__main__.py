@@ -23,16 +23,23 @@ def serve(config_path: str, host: str = "127.0.0.1", port: int = 8080, log_level
 
     from servelab.gateway.app import create_app
     from servelab.gateway.config import load_config
+    from servelab.gateway.server import fitting_connections, guarded_protocol
 
     config = load_config(config_path)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    max_connections = fitting_connections(config.max_connections)
+    refused = app.state.metrics.refused_connections
     uvicorn.run(
-        create_app(config),
+        app,
         host=host,
         port=port,
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        http=guarded_protocol(config.header_timeout_s, max_connections, lambda r: refused.labels(r).inc()),
+        limit_concurrency=max_connections,
+        timeout_keep_alive=config.keep_alive_s,
     )
 
 

@@ -12,18 +12,44 @@ and writes it in a ``finally`` after the response has been sent or abandoned, wh
 between. Each line goes out in a single ``write`` on a file opened with ``O_APPEND``, so lines never
 interleave and nothing earlier in the file is ever rewritten. With ``path="-"`` lines go to stdout,
 which in Kubernetes is the pod's log, collected by the cluster's log pipeline.
+
+Why every text field is cleaned and cut: the line must be writable whatever a client sent. A lone
+surrogate (valid JSON, ``"\\ud800"``) cannot be encoded as UTF-8 and once made the writer raise after
+the answer was sent, leaving no line; it becomes U+FFFD here. A 250 KB ``model`` string would make a
+250 KB line, for a refused request too; each field keeps at most ``FIELD_CHARS`` characters (the
+prompt ``PROMPT_CHARS``) and says how much it dropped. A line that still cannot be written is logged
+as an error and counted (``gateway_audit_write_failures_total``): a silent gap is the one thing an
+audit log must not have.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("servelab.gateway")
+FIELD_CHARS = 300
+PROMPT_CHARS = 4000
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean(value: Any, limit: int = FIELD_CHARS) -> Any:
+    """``value`` safe for a bounded UTF-8 line: strings without lone surrogates and at most ``limit``
+    characters; anything else that is not a plain JSON scalar becomes its (cleaned) ``repr``."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [clean(v, limit) for v in value[:8]]
+    text = _SURROGATE.sub("\ufffd", value if isinstance(value, str) else repr(value))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 @dataclass
@@ -45,14 +71,15 @@ class AuditRecord:
     tokens_in: int | None = None  # as the engine reported (usage.prompt_tokens); streams may not report it
     tokens_out: int | None = None
     latency_s: float | None = None
-    replica: str | None = None
+    replica: str | None = None  # the replica that answered, or the last one tried
+    replicas_tried: list[str] = field(default_factory=list)
     attempts: int = 0
     error: str | None = None
     prompt: str | None = None
 
     def line(self) -> dict[str, Any]:
         """The JSON object written to the log (``started`` is a clock reading, not a time: left out)."""
-        data = asdict(self)
+        data = {k: clean(v, PROMPT_CHARS if k == "prompt" else FIELD_CHARS) for k, v in asdict(self).items()}
         data.pop("started")
         if data["prompt"] is None:
             data.pop("prompt")
@@ -70,9 +97,15 @@ class AuditLog:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
-    def write(self, record: AuditRecord) -> None:
-        data = (json.dumps(record.line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-        os.write(self._fd, data)
+    def write(self, record: AuditRecord) -> bool:
+        """Append the record's line; on failure log an error naming the request and return False."""
+        try:
+            data = (json.dumps(record.line(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            os.write(self._fd, data)
+        except Exception:  # the caller counts it; the line's absence must not be silent
+            log.exception("AUDIT LINE LOST for request %s (%s %s)", record.request_id, record.method, record.path)
+            return False
+        return True
 
     def close(self) -> None:
         if self.path != "-":

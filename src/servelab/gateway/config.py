@@ -37,6 +37,7 @@ class KeyConfig(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     requests_per_minute: int = Field(60, gt=0)
     tokens_per_minute: int = Field(20_000, gt=0)
+    max_concurrent: int = Field(4, gt=0)  # requests in the gateway at a time (waiting or running)
 
     @classmethod
     def from_secret(cls, id: str, raw_key: str, **limits: int) -> KeyConfig:
@@ -53,6 +54,10 @@ class ReplicaConfig(_Strict):
     # /v1/models waits behind the running request (measured ~3 s during a 150-token answer), which would
     # mark a busy replica dead; its /docs page is served by the event loop and answers in ~20 ms.
     health_path: str = "/health"
+    # vLLM aborts a request whose connection closes; llama-cpp-python's server finishes a non-streamed
+    # answer anyway (~15 s of work for nobody). False (the safe default): after a client leaves or a
+    # timeout, the gateway keeps the replica counted busy until the engine is done.
+    stops_on_disconnect: bool = False
 
     @field_validator("url")
     @classmethod
@@ -66,15 +71,32 @@ class GatewayConfig(_Strict):
     replicas: list[ReplicaConfig] = Field(min_length=1)
     keys: list[KeyConfig] = Field(default_factory=list)
     keys_file: Path | None = None  # more keys, e.g. a mounted Kubernetes Secret
-    request_timeout_s: float = Field(60.0, gt=0)  # whole request, queueing in the gateway included
+    models: list[str] | None = None  # model names served (others: 404); None accepts any name
+    context_tokens: int = Field(2048, gt=0)  # the engines' context: prompt estimate + max_tokens must fit
+    # Timeouts. A non-streamed request gets request_timeout_s in all (queueing in the gateway included). A
+    # stream gets first_chunk_timeout_s (queueing included) for its first chunk, then stream_idle_timeout_s
+    # between chunks and stream_timeout_s in all: a long answer at a slow TPOT is legitimate, a stalled one
+    # is not.
+    request_timeout_s: float = Field(60.0, gt=0)
+    first_chunk_timeout_s: float = Field(60.0, gt=0)
+    stream_idle_timeout_s: float = Field(15.0, gt=0)
+    stream_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(2.0, gt=0)
     health_interval_s: float = Field(1.0, gt=0)
     health_timeout_s: float = Field(1.0, gt=0)
     unhealthy_after: int = Field(1, ge=1)  # failed health checks in a row before a replica is taken out
     max_outstanding_per_replica: int | None = Field(None, ge=1)  # None: send everything, the engine queues
-    max_attempts: int = Field(2, ge=1)  # replicas tried per request when one fails before answering
+    max_attempts: int = Field(2, ge=1)  # replicas tried per request when one could not be reached
+    # A request during which a replica died is not sent again for this long (0: off), see proxy.py.
+    poison_quarantine_s: float = Field(600.0, ge=0)
     max_body_bytes: int = Field(256 * 1024, gt=0)
     default_max_tokens: int = Field(256, gt=0)  # set when a request names none, so the token budget is bounded
+    # The server's own limits (uvicorn): what an idle or slow client may hold.
+    max_connections: int = Field(512, gt=0)  # open connections; more get a 503 (keep below the fd limit)
+    header_timeout_s: float = Field(10.0, gt=0)  # from connect (or the last answer) to a full request head
+    body_timeout_s: float = Field(10.0, gt=0)  # to read the whole body (408 past it)
+    keep_alive_s: int = Field(5, gt=0)  # an idle keep-alive connection is closed after this
+    auth_failures_per_minute: int = Field(30, gt=0)  # per source address; more get a 429
     audit_path: str = "results/gateway-audit.jsonl"  # "-" writes the lines to stdout (a pod's log)
     audit_prompts: bool = False  # prompts may hold personal data: off unless switched on
 

@@ -49,6 +49,21 @@ class GatewayMetrics:
         self.cancelled = Counter(
             "gateway_upstream_cancelled", "Upstream requests the gateway cut off, by reason", ["reason"], registry=r
         )
+        self.replica_deaths = Counter(
+            "gateway_replica_deaths",
+            "Replicas that died while handling a request (the request was quarantined, not retried)",
+            ["replica"],
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "gateway_audit_write_failures", "Audit lines that could not be written (each is also logged)", registry=r
+        )
+        self.refused_connections = Counter(
+            "gateway_refused_connections",
+            "Connections the server refused or closed before a request, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.replica_up = Gauge(
             "gateway_replica_up", "1 if the replica passes its health check", ["replica"], registry=r
         )

@@ -1,4 +1,5 @@
-"""Per-key budgets of requests and tokens per minute, kept by the ``limits`` library.
+"""Per-key budgets: requests and tokens per minute (kept by the ``limits`` library), requests at a time,
+and failed authentications per source address.
 
 Why ``limits`` and not a hand-made token bucket: its moving-window strategy is tested, takes a
 ``cost`` (tokens) per hit, says when the window frees up (``Retry-After``), and swaps its in-memory
@@ -7,16 +8,15 @@ With in-memory storage each gateway pod keeps its own counts, so with N pods a k
 N times its budget: say so to users, or use shared storage.
 
 Tokens are charged when the request is admitted, before any engine works on it: the prompt's estimated
-tokens (about 4 characters per token for English text) plus ``max_tokens``, the most the answer can
-use. Charging the worst case up front is what lets the gateway refuse a request before it costs GPU
-time; the audit log records the tokens really used.
+tokens plus the validated ``max_tokens`` (:mod:`servelab.gateway.validate`), the most the answer can
+use and exactly what the engine is asked for. Charging the worst case up front is what lets the
+gateway refuse a request before it costs GPU time; the audit log records the tokens really used.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -24,34 +24,6 @@ from limits.strategies import MovingWindowRateLimiter
 
 from servelab.gateway.config import KeyConfig
 from servelab.gateway.errors import GatewayError
-
-CHARS_PER_TOKEN = 4
-
-
-def prompt_text(body: dict[str, Any]) -> str:
-    """The text a completions or chat request sends (what the audit log keeps when prompts are on)."""
-    if "messages" in body:
-        parts = []
-        for message in body.get("messages") or []:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            parts.append(str(content or ""))
-        return "\n".join(parts)
-    prompt = body.get("prompt", "")
-    return "\n".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt)
-
-
-def max_output_tokens(body: dict[str, Any]) -> int:
-    """``max_tokens`` (or OpenAI's newer ``max_completion_tokens``) times ``n`` answers."""
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    n = body.get("n", 1)
-    return int(value) * (int(n) if isinstance(n, int) and n > 0 else 1) if isinstance(value, int) else 0
-
-
-def estimate_tokens(body: dict[str, Any]) -> int:
-    """Worst-case tokens of a request: estimated prompt tokens plus the most the answer may use."""
-    return math.ceil(len(prompt_text(body)) / CHARS_PER_TOKEN) + max_output_tokens(body)
 
 
 class KeyLimiter:
@@ -102,3 +74,66 @@ class KeyLimiter:
             "rate_limited",
             headers={"Retry-After": str(retry_after)},
         )
+
+
+class ConcurrencyCap:
+    """At most ``key.max_concurrent`` requests of one key in the gateway at a time (waiting or running).
+
+    Why a cap besides the per-minute budgets: a key well within its request budget can still hold every
+    replica with a few long answers, and the others wait behind it. Over the cap a request gets a 429
+    at once (as OpenAI's and Anthropic's concurrency limits do), not a place in the queue.
+    """
+
+    def __init__(self) -> None:
+        self._running: dict[str, int] = {}
+
+    def enter(self, key: KeyConfig) -> None:
+        """Count one more request of ``key`` (undone by :meth:`leave`), or raise a 429."""
+        running = self._running.get(key.id, 0)
+        if running >= key.max_concurrent:
+            raise GatewayError(
+                429,
+                (
+                    f"Key '{key.id}' already has {running} requests in progress, its limit: wait for one "
+                    "to finish, then send the next."
+                ),
+                "concurrency_limit",
+                "rate_limited",
+                headers={"Retry-After": "1"},
+            )
+        self._running[key.id] = running + 1
+
+    def leave(self, key: KeyConfig) -> None:
+        self._running[key.id] -= 1
+
+    def running(self, key_id: str) -> int:
+        return self._running.get(key_id, 0)
+
+
+class AuthThrottle:
+    """Refuses a source address with a 429 after ``per_minute`` failed authentications in a minute.
+
+    Without it, guessing keys is free and every guess writes an audit line: 20,000 wrong keys wrote
+    8.4 MB. Behind a load balancer the source is its address unless the proxy's client-address header
+    is trusted (uvicorn's ``--forwarded-allow-ips``); then it is the client's.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._item = RateLimitItemPerMinute(per_minute)
+
+    def check(self, source: str) -> None:
+        """Raise a 429 when ``source`` has used up its failures for this minute."""
+        if not self._limiter.test(self._item, source):
+            stats = self._limiter.get_window_stats(self._item, source)
+            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+            raise GatewayError(
+                429,
+                f"Too many failed authentications from this address; retry after {retry_after} s with a valid key.",
+                "auth_throttled",
+                "auth_throttled",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+    def failed(self, source: str) -> None:
+        self._limiter.hit(self._item, source)

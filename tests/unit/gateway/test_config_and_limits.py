@@ -1,7 +1,8 @@
 """The gateway's settings and limits without any server: the demo config and its key hashes, config
-mistakes as clear errors, keys from a mounted file, the per-key request and token limiter, the token
-estimate, the SSE token counter, and `servelab gateway hash-key`. The gateway itself, with real llama.cpp
-replicas behind it, is tested in tests/live/test_gateway.py.
+mistakes as clear errors, keys from a mounted file, the per-key request and token limiter, the per-key
+concurrency cap, the failed-authentication throttle, the SSE token counter, and `servelab gateway
+hash-key`. The gateway itself, with real llama.cpp replicas behind it, is tested in
+tests/live/test_gateway.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from servelab.errors import ServelabError
 from servelab.gateway import KeyConfig, hash_key, load_config
 from servelab.gateway.errors import GatewayError
 from servelab.gateway.proxy import SSECounter
-from servelab.gateway.ratelimit import KeyLimiter, estimate_tokens
+from servelab.gateway.ratelimit import AuthThrottle, ConcurrencyCap, KeyLimiter
 from servelab.paths import data_path
 
 DATA = data_path("gateway")
@@ -78,9 +79,28 @@ def test_key_limiter_charges_requests_and_tokens_and_says_when_to_retry() -> Non
     assert err.value.status == 400 and "lower max_tokens" in err.value.message
 
 
-def test_token_estimate_is_prompt_plus_max_tokens() -> None:
-    assert estimate_tokens({"prompt": "x" * 40, "max_tokens": 10}) == 20
-    assert estimate_tokens({"messages": [{"role": "user", "content": "y" * 8}], "max_tokens": 5, "n": 2}) == 12
+def test_concurrency_cap_refuses_a_key_over_its_requests_at_a_time() -> None:
+    cap = ConcurrencyCap()
+    key = KeyConfig.from_secret("k", "sk", max_concurrent=2)
+    cap.enter(key)
+    cap.enter(key)
+    with pytest.raises(GatewayError) as err:
+        cap.enter(key)
+    assert err.value.status == 429 and err.value.code == "concurrency_limit" and err.value.headers["Retry-After"]
+    cap.leave(key)
+    cap.enter(key)
+    assert cap.running("k") == 2
+
+
+def test_auth_throttle_refuses_a_source_after_its_failures() -> None:
+    throttle = AuthThrottle(per_minute=3)
+    for _ in range(3):
+        throttle.check("10.0.0.1")
+        throttle.failed("10.0.0.1")
+    with pytest.raises(GatewayError) as err:
+        throttle.check("10.0.0.1")
+    assert err.value.status == 429 and 1 <= int(err.value.headers["Retry-After"]) <= 60
+    throttle.check("10.0.0.2")  # per source
 
 
 def test_sse_counter_counts_text_chunks_across_split_reads() -> None:
