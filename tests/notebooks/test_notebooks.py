@@ -83,7 +83,14 @@ def _check_05_benchmarking(r: dict) -> None:
     assert [row["concurrency"] for row in llama] == r["llamacpp_levels"]
     assert all(row["errors"] == 0 and row["timeouts"] == 0 and row["ok"] >= 6 for row in llama)
     assert llama[-1]["ttft_p50_s"] > 1.5 * llama[0]["ttft_p50_s"]  # one at a time: later users queue
-    assert all(abs(row["difference"]) < 0.25 for row in r["crosscheck"])  # 10% is the full-profile bar
+    # Each client against the server's own counters for its window (10% is the full-profile bar); the
+    # client-against-client difference mixes in machine drift between the runs, so it gets only a loose bound.
+    refereed = {row["figure"]: row for row in r["crosscheck"] if row["kit vs server"] == row["kit vs server"]}
+    assert set(refereed) == {"output_tokens_total", "ttft_mean_s", "tpot_mean_s"}
+    assert refereed["output_tokens_total"]["kit vs server"] == 0
+    assert all(abs(row["kit vs server"]) < 0.2 for row in refereed.values())
+    assert all(abs(row["difference"]) < 0.6 for row in r["crosscheck"])
+    assert r["knee"] in r["levels"]  # the SLO is one a CPU can meet at low concurrency, so the knee exists
     assert r["client_ceiling"]["requests_per_s"] > 10 * max(row["request_throughput"] for row in r["closed"])
     assert 1 < r["bandwidth_gb_s"] < 2000
     assert all(0.01 < row["share_of_bound"] < 1.5 for row in r["roofline"])

@@ -8,6 +8,10 @@
 
 Latency figures use successful requests only; failed and timed-out requests are counted, reported,
 and count against goodput's fraction, never silently dropped. Percentiles are numpy's (linear).
+
+Every metric also reports ``<metric>_n``, the number of samples behind its percentiles: a P99 of fewer
+than 100 samples has no sample above it and is, in effect, the largest one, so it must be labelled as
+such (:func:`percentile_label`) or given an interval (:func:`bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -88,12 +92,73 @@ class RequestRecord:
         return self.status == "ok"
 
 
-def _describe(values: Sequence[float | None], name: str) -> dict[str, float | None]:
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    out: dict[str, float | None] = {f"{name}_mean_s": float(arr.mean()) if arr.size else None}
+def _clean(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+
+
+def _describe(values: Sequence[float | None], name: str) -> dict[str, float | int | None]:
+    arr = _clean(values)
+    out: dict[str, float | int | None] = {f"{name}_mean_s": float(arr.mean()) if arr.size else None}
     for p in PERCENTILES:
         out[f"{name}_p{p}_s"] = float(np.percentile(arr, p)) if arr.size else None
+    out[f"{name}_n"] = int(arr.size)
     return out
+
+
+def resolves(p: float, n: int) -> bool:
+    """Does a sample of ``n`` resolve percentile ``p``, that is, leave at least one sample above it? Below
+    that (fewer than 100 samples for P99) the percentile is an interpolation towards the maximum."""
+    return n * (100 - p) / 100 >= 1
+
+
+def percentile_label(metric: str, p: int, ns: Sequence[int] | int) -> str:
+    """A label that carries the sample size: ``"TTFT p99 (n=8-16: max of n)"`` when n is too small for the
+    percentile to be more than the largest sample, ``"TTFT p50 (n=200)"`` otherwise."""
+    sizes = [ns] if isinstance(ns, int) else list(ns)
+    lo, hi = min(sizes), max(sizes)
+    n_text = f"n={lo}" if lo == hi else f"n={lo}-{hi}"
+    if not resolves(p, hi):
+        return f"{metric} p{p} ({n_text}: max of n)"
+    if not resolves(p, lo):
+        return f"{metric} p{p} ({n_text}: max of n where n<{math.ceil(100 / (100 - p))})"
+    return f"{metric} p{p} ({n_text})"
+
+
+def bootstrap_interval(
+    values: Sequence[float | None], p: float, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval for the ``p``-th percentile: how far it could move with another sample
+    of the same size. ``None`` without data. Seeded, so a notebook shows the same interval on a re-run."""
+    arr = _clean(values)
+    if not arr.size:
+        return None
+    rng = np.random.default_rng(seed)
+    draws = np.percentile(rng.choice(arr, size=(resamples, arr.size), replace=True), p, axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(draws, tail)), float(np.percentile(draws, 100 - tail))
+
+
+def goodput_knee(levels: Sequence[float], goodput: Sequence[float]) -> float | None:
+    """The knee, defined by the SLO: the load level with the most goodput (requests/s that met it). Beyond
+    it, more users add requests that miss the SLO; on a tie the lower level wins (same useful work, less
+    latency). ``None`` when no request met the SLO at any level."""
+    pairs = [(g, -lvl) for lvl, g in zip(levels, goodput, strict=True) if g is not None and g > 0]
+    return -max(pairs)[1] if pairs else None
+
+
+def spread(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean, min, max and relative range of a figure measured in repeated runs (``n`` = number of runs)."""
+    arr = _clean(list(values))
+    if not arr.size:
+        return {"n": 0, "mean": None, "min": None, "max": None, "relative_range": None}
+    mean = float(arr.mean())
+    return {
+        "n": int(arr.size),
+        "mean": mean,
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "relative_range": float((arr.max() - arr.min()) / mean) if mean else None,
+    }
 
 
 def meets_slo(record: RequestRecord, slo_ttft_s: float | None, slo_tpot_s: float | None) -> bool:
@@ -221,9 +286,11 @@ class BenchResult:
             f"{s['total_token_throughput']:.1f} total tok/s",
         ]
         for metric in METRICS:
+            n = s[f"{metric}_n"]
+            p99 = "p99" if resolves(99, n) else "p99 (max of n)"
             lines.append(
                 f"{metric.upper():>5} ms: mean {ms(metric + '_mean_s')}  p50 {ms(metric + '_p50_s')}  "
-                f"p90 {ms(metric + '_p90_s')}  p99 {ms(metric + '_p99_s')}"
+                f"p90 {ms(metric + '_p90_s')}  {p99} {ms(metric + '_p99_s')}  (n={n})"
             )
         if s["slo_ttft_s"] is not None or s["slo_tpot_s"] is not None:
             lines.append(

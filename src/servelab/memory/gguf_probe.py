@@ -10,6 +10,8 @@ to exactly one loaded model. Prints one JSON line.
 Perplexity follows llama.cpp's ``llama-perplexity``: the text is cut into windows of ``n_ctx`` tokens,
 and in each window only the second half is scored, so every scored token has at least ``n_ctx / 2``
 tokens of context (the first tokens of a window, with almost no context, would inflate the figure).
+It comes with a standard error, as ``llama-perplexity`` prints one: a few hundred scored tokens give a
+noisy figure, and two levels whose perplexities differ by less than their noise are not told apart.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ import numpy as np
 import psutil
 
 
-def window_nll(logits: np.ndarray, tokens: list[int], first_scored: int) -> tuple[float, int]:
-    """Sum of negative log-likelihoods of ``tokens[first_scored:]`` given ``logits`` (one row per position).
+def token_nll(logits: np.ndarray, tokens: list[int], first_scored: int) -> np.ndarray:
+    """Negative log-likelihood of each of ``tokens[first_scored:]`` given ``logits`` (one row per position).
 
     Row ``i`` holds the logits after reading ``tokens[: i + 1]``, so it predicts ``tokens[i + 1]``.
-    Computed in float64 with a stable log-softmax. Returns ``(sum, count)``.
+    Computed in float64 with a stable log-softmax.
     """
     if not 1 <= first_scored < len(tokens):
         raise ValueError(f"first_scored must be in [1, {len(tokens) - 1}], got {first_scored}")
@@ -36,12 +38,28 @@ def window_nll(logits: np.ndarray, tokens: list[int], first_scored: int) -> tupl
     log_norm = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
     targets = np.asarray(tokens[first_scored:])
     picked = rows[np.arange(len(targets)), targets]
-    return float((log_norm - picked).sum()), len(targets)
+    return np.asarray(log_norm - picked)
+
+
+def window_nll(logits: np.ndarray, tokens: list[int], first_scored: int) -> tuple[float, int]:
+    """``(sum, count)`` of :func:`token_nll`: what a window adds to the perplexity."""
+    nll = token_nll(logits, tokens, first_scored)
+    return float(nll.sum()), len(nll)
 
 
 def perplexity(nll_sum: float, count: int) -> float:
     """``exp(mean NLL)``: the model's average branching factor on the text (lower is better)."""
     return float(np.exp(nll_sum / count))
+
+
+def perplexity_se(nll: np.ndarray) -> float:
+    """Standard error of ``exp(mean NLL)`` by the delta method: perplexity x the standard error of the mean
+    NLL, as llama-perplexity reports it. Tokens are treated as independent, which neighbouring tokens of
+    one text are not quite, so read it as a lower bound on the noise."""
+    if len(nll) < 2:
+        raise ValueError("a standard error needs at least 2 scored tokens")
+    mean_se = float(np.std(nll, ddof=1) / np.sqrt(len(nll)))
+    return float(np.exp(nll.mean())) * mean_se
 
 
 def probe(gguf: str, text: str, n_ctx: int, max_chunks: int, decode_tokens: int, threads: int) -> dict[str, float]:
@@ -65,14 +83,15 @@ def probe(gguf: str, text: str, n_ctx: int, max_chunks: int, decode_tokens: int,
     windows = [tokens[i : i + size] for i in range(0, len(tokens) - size + 1, size)][:max_chunks]
     if not windows:
         raise SystemExit(f"the text has {len(tokens)} tokens, fewer than n_ctx={n_ctx}: use a longer text")
-    nll, count, prompt_s = 0.0, 0, 0.0
+    scored: list[np.ndarray] = []
+    prompt_s = 0.0
     for window in windows:
         llm.reset()
         began = time.perf_counter()
         llm.eval([llm.token_bos(), *window])  # BOS first, as llama-perplexity does
         prompt_s += time.perf_counter() - began
-        window_sum, window_count = window_nll(llm.scores[1 : len(window) + 1], window, len(window) // 2)
-        nll, count = nll + window_sum, count + window_count
+        scored.append(token_nll(llm.scores[1 : len(window) + 1], window, len(window) // 2))
+    nll = np.concatenate(scored)
     llm.reset()
     start = llm.tokenize(b"The lighthouse keeper", add_bos=True)
     llm.eval(start)
@@ -84,8 +103,9 @@ def probe(gguf: str, text: str, n_ctx: int, max_chunks: int, decode_tokens: int,
         "rss_mib": round(rss_loaded / 2**20, 1),
         "prompt_tok_s": round(sum(len(w) + 1 for w in windows) / prompt_s, 1),
         "decode_tok_s": round(decode_tokens / decode_s, 1),
-        "perplexity": round(perplexity(nll, count), 3),
-        "eval_tokens": count,
+        "perplexity": round(perplexity(float(nll.sum()), len(nll)), 3),
+        "perplexity_se": round(perplexity_se(nll), 3),
+        "eval_tokens": len(nll),
     }
 
 

@@ -18,6 +18,7 @@ timeout.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections import Counter
@@ -123,7 +124,15 @@ class LevelMeasurement:
     prompt_tok_s: float
     decode_tok_s: float
     perplexity: float
+    perplexity_se: float  # standard error of the perplexity (gguf_probe.perplexity_se)
     eval_tokens: int
+
+
+def within_noise(ppl: float, se: float, other_ppl: float, other_se: float, z: float = 2.0) -> bool:
+    """Are two perplexities closer than ``z`` combined standard errors? Then this text cannot tell the levels
+    apart. The errors are combined as if independent; both levels score the same tokens, so a paired test
+    would be sharper: a difference called noise here may still be real, never the other way round."""
+    return abs(ppl - other_ppl) <= z * math.hypot(se, other_se)
 
 
 def measure_level(

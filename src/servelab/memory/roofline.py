@@ -8,7 +8,6 @@ weights, which is why batching raises throughput until compute, not memory, beco
 from __future__ import annotations
 
 import time
-from itertools import pairwise
 
 import numpy as np
 
@@ -40,13 +39,3 @@ def decode_upper_bound(
     """Tokens/s a batch of ``batch`` sequences cannot exceed if every step reads all weights once
     and each sequence's KV cache once (compute assumed free: a bound, not a prediction)."""
     return batch * bandwidth_b_s / (weight_bytes + batch * kv_bytes_per_seq)
-
-
-def knee(levels: list[float], throughput: list[float], min_gain: float = 0.10) -> float | None:
-    """The first level after which throughput grows by less than ``min_gain`` (relative) to the next:
-    beyond it, more concurrency buys mostly latency. ``None`` if throughput still grows at the end."""
-    # pairwise is one shorter than levels: the last level has no next one to compare with.
-    for level, (tput, nxt) in zip(levels, pairwise(throughput), strict=False):
-        if tput > 0 and (nxt - tput) / tput < min_gain:
-            return level
-    return None

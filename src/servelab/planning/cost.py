@@ -76,6 +76,21 @@ class Offer(BaseModel):
             )
         return quote.usd_per_instance_hour / self.units_per_instance
 
+    def price_dates(self) -> str:
+        """When each of the two prices held, and whether they can be compared as of one date."""
+
+        def when(quote: PriceQuote) -> str:
+            return f"as of {quote.as_of}" if quote.as_of else f"undated (read {quote.retrieved})"
+
+        text = f"on-demand {when(self.on_demand)}, spot {when(self.spot)}"
+        same_snapshot = self.on_demand.source is not None and self.on_demand.source == self.spot.source
+        same_date = self.on_demand.as_of is not None and self.on_demand.as_of == self.spot.as_of
+        if same_snapshot and not same_date:
+            text += " (one snapshot, so of one date)"
+        elif not same_date:
+            text += ": not known to be of the same date, so their ratio mixes two moments of the market"
+        return text
+
 
 class PriceBook(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -107,7 +122,10 @@ class PriceBook(BaseModel):
                     "spot_discount": 1 - spot / od,
                     "on_demand_source": str(o.on_demand.source),
                     "on_demand_as_of": o.on_demand.as_of,
+                    "on_demand_retrieved": o.on_demand.retrieved,
                     "spot_source": str(o.spot.source),
+                    "spot_as_of": o.spot.as_of,
+                    "spot_retrieved": o.spot.retrieved,
                 }
             )
         return pd.DataFrame(rows)
@@ -226,7 +244,9 @@ def quantization_lever(rows: Sequence[dict], level: str, source: str, baseline: 
         f"quantization {baseline}->{level}",
         1 / speedup,
         f"decode {base['decode_tok_s']:.1f} -> {quant['decode_tok_s']:.1f} tok/s (x{speedup:.2f}); "
-        f"file {base['file_mib']:.0f} -> {quant['file_mib']:.0f} MiB ({size_saving:.0%} smaller; {source})",
+        f"file {base['file_mib']:.0f} -> {quant['file_mib']:.0f} MiB ({size_saving:.0%} smaller; {source}). "
+        "Not the seed's comparison: this is GGUF on llama.cpp, one stream on a CPU; the seed's INT8 figure is "
+        "vLLM on an A100, batched, so format, hardware and batching all differ",
         seed_lever_claim("quantization"),
     )
 
@@ -240,21 +260,44 @@ def spot_lever(offer: Offer, interruption_overhead: float) -> Lever:
     return Lever(
         "spot instances",
         ratio * (1 + interruption_overhead),
-        f"{offer.instance} spot/on-demand {ratio:.2f} x (1 + {interruption_overhead:.0%} for interruptions)",
+        f"{offer.instance} spot/on-demand {ratio:.2f} x (1 + {interruption_overhead:.0%} for interruptions); "
+        f"{offer.price_dates()}",
         seed_lever_claim("spot"),
     )
 
 
-def prefix_cache_lever(hit_rate: float, prefill_share: float, source: str) -> Lever:
-    """A prefix-cache hit skips prefill work only: saving = hit rate x prefill's share of GPU time."""
+def prefix_cache_lever(hit_rate: float, prefill_share: float, source: str, share_source: str | None = None) -> Lever:
+    """A prefix-cache hit skips prefill work only: saving = hit rate x prefill's share of GPU time.
+
+    Both figures should come from one workload (the hit rate depends on how much of each prompt is shared,
+    the prefill share on prompt and answer lengths). ``share_source`` names where the prefill share came
+    from when that is not ``source``, and the basis then says the product mixes two workloads."""
     if not (0 <= hit_rate <= 1 and 0 <= prefill_share <= 1):
         raise ServelabError("Hit rate and prefill share must be in [0, 1].", "pass shares, not percentages")
+    where = (
+        f"both from {source}'s shared-prefix workload"
+        if share_source is None
+        else f"hit rate from {source}, prefill share from {share_source}: two different workloads, "
+        "so the product is only indicative"
+    )
     return Lever(
         "prefix caching",
         1 - hit_rate * prefill_share,
-        f"hit rate {hit_rate:.0%} x prefill share {prefill_share:.0%} of a request's time ({source})",
+        f"hit rate {hit_rate:.0%} x prefill share {prefill_share:.0%} of a request's time ({where})",
         seed_lever_claim("cache"),
     )
+
+
+def prefix_cache_lever_from_results(
+    quant: dict, closed_rows: Sequence[dict], quant_label: str, bench_label: str
+) -> Lever:
+    """The prefix-cache lever from notebook 04's results: hit rate and prefill share of its own shared-prefix
+    workload. Results written before notebook 04 recorded that share fall back to notebook 05's (a different
+    workload), and the lever's basis says so."""
+    share = quant.get("prefix_prefill_share")
+    if share is not None:
+        return prefix_cache_lever(quant["prefix_cache_hit_rate"], share, quant_label)
+    return prefix_cache_lever(quant["prefix_cache_hit_rate"], prefill_share(closed_rows), quant_label, bench_label)
 
 
 def exact_cache_lever(hit_rate: float) -> Lever:

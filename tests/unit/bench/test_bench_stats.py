@@ -24,6 +24,7 @@ from servelab.bench import (
     summarize,
 )
 from servelab.bench.loadgen import _gap_stream, send_request
+from servelab.bench.stats import bootstrap_interval, goodput_knee, percentile_label, resolves, spread
 from servelab.bench.workload import Request, load_dataset
 from servelab.errors import ServelabError
 from servelab.procs import free_port
@@ -307,3 +308,38 @@ def test_nothing_listening_ends_quickly() -> None:
             progress=False,
         )
     assert time.perf_counter() - started < 10
+
+
+def test_every_metric_reports_its_sample_size() -> None:
+    records = [RequestRecord.from_timestamps(i, 0.0, [0.1, 0.2, 0.3], 0.3) for i in range(5)]
+    s = summarize(records, 1.0)
+    assert (s["ttft_n"], s["tpot_n"], s["e2e_n"], s["itl_n"]) == (5, 5, 5, 10)
+    assert s["ttft_p50_s"] is not None  # the existing keys stay as they were
+
+
+def test_a_p99_of_fewer_than_100_samples_is_labelled_as_the_max() -> None:
+    assert not resolves(99, 99) and resolves(99, 100) and resolves(50, 2)
+    assert percentile_label("TTFT", 99, [8, 16]) == "TTFT p99 (n=8-16: max of n)"
+    assert percentile_label("TTFT", 50, 8) == "TTFT p50 (n=8)"
+    assert percentile_label("E2E", 99, [50, 200]) == "E2E p99 (n=50-200: max of n where n<100)"
+
+
+def test_bootstrap_interval_brackets_the_percentile_and_is_reproducible() -> None:
+    values = [float(v) for v in range(1, 201)]
+    lo, hi = bootstrap_interval(values, 50)
+    assert lo < 100.5 < hi
+    assert bootstrap_interval(values, 50) == (lo, hi)
+    assert bootstrap_interval([], 99) is None
+
+
+def test_spread_of_repeated_runs() -> None:
+    s = spread([9.0, 10.0, 11.0])
+    assert s["n"] == 3 and s["min"] == 9.0 and s["max"] == 11.0
+    assert abs(s["relative_range"] - 0.2) < 1e-12
+    assert spread([])["n"] == 0
+
+
+def test_goodput_knee_is_the_level_with_the_most_requests_within_the_slo() -> None:
+    assert goodput_knee([1, 2, 4, 8], [0.5, 0.9, 1.2, 0.4]) == 4
+    assert goodput_knee([1, 2, 4], [0.5, 0.9, 0.9]) == 2  # a tie: the lower load does the same useful work
+    assert goodput_knee([1, 2], [0.0, 0.0]) is None

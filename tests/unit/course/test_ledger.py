@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servelab.course import ledger, seed
+from servelab.course import ledger, seed, seed_figures
 from servelab.errors import ServelabError
 from servelab.paths import repo_root
 
@@ -205,7 +205,7 @@ def test_reference_figures_are_labelled_and_missing_ones_say_what_to_run(book: l
 
 def test_seed_benchmark_arithmetic_comes_from_the_seeds_own_cells() -> None:
     cells = {row["配置"]: row for row in seed.tables()[ledger.TABLE_KINDS["benchmark-table"]]}
-    table = ledger.seed_benchmark()
+    table = seed_figures.seed_benchmark()
     fp16 = cells["vLLM FP16"]
     expected = float(fp16["成本/1M tokens"].lstrip("$")) * float(fp16["吞吐量"].split()[0]) * 3600 / 1e6
     assert table.loc["vLLM FP16", "implied_usd_per_gpu_hour"] == pytest.approx(expected)
@@ -233,13 +233,13 @@ def test_seed_benchmark_arithmetic_comes_from_the_seeds_own_cells() -> None:
 )
 def test_lookup_paths(path: str, expected: object) -> None:
     data = {"a": {"b": 1}, "rows": [{"c": 0.5, "x": 3}, {"c": 2, "x": 5}]}
-    assert ledger.lookup(data, path) == expected
+    assert seed_figures.lookup(data, path) == expected
 
 
 @pytest.mark.parametrize("path", ["a.z", "rows.7.x", "rows.c=9.x", "rows.max(y).x", "a.b.c"])
 def test_lookup_says_which_segment_failed(path: str) -> None:
     with pytest.raises(ServelabError):
-        ledger.lookup({"a": {"b": 1}, "rows": [{"c": 0.5, "x": 3}]}, path)
+        seed_figures.lookup({"a": {"b": 1}, "rows": [{"c": 0.5, "x": 3}]}, path)
 
 
 def test_write_markdown_names_its_results_and_the_committed_copy_lists_every_claim(

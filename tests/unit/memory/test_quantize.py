@@ -11,7 +11,8 @@ import pytest
 from servelab.engines import model as models
 from servelab.errors import ServelabError
 from servelab.memory import quantize
-from servelab.memory.gguf_probe import perplexity, window_nll
+from servelab.memory.gguf_probe import perplexity, perplexity_se, token_nll, window_nll
+from servelab.memory.quantize import within_noise
 from servelab.paths import data_path
 
 HELDOUT = data_path("text", "heldout.txt")
@@ -59,3 +60,23 @@ def test_cli_makes_the_ladder_and_refuses_an_unknown_level() -> None:
     assert made.exit_code == 0 and "Q8_0.gguf" in made.output
     bad = CliRunner().invoke(app, ["quantize", "Q9", "--no-measure"])
     assert bad.exit_code == 1 and "unknown quantization level 'Q9'" in bad.output and "Q4_K_M" in bad.output
+
+
+def test_perplexity_comes_with_its_standard_error() -> None:
+    nll = np.array([1.0, 2.0, 3.0, 2.0])
+    se = perplexity_se(nll)
+    expected = np.exp(2.0) * np.std(nll, ddof=1) / 2
+    assert se == pytest.approx(expected)
+    with pytest.raises(ValueError, match="at least 2"):
+        perplexity_se(np.array([1.0]))
+
+
+def test_token_nll_sums_to_window_nll() -> None:
+    logits = np.random.default_rng(0).normal(size=(6, 7))
+    tokens = [0, 3, 1, 6, 2, 5]
+    assert token_nll(logits, tokens, 2).sum() == pytest.approx(window_nll(logits, tokens, 2)[0])
+
+
+def test_differences_inside_the_noise() -> None:
+    assert within_noise(33.0, 1.0, 34.5, 1.0)  # 1.5 < 2 x 1.41
+    assert not within_noise(33.0, 0.5, 36.0, 0.5)

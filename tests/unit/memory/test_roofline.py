@@ -22,11 +22,5 @@ def test_kv_bytes_of_smollm2_and_llama2() -> None:
     assert roofline.kv_bytes_per_token(32, 32, 128, 2) == 524_288  # Llama-2-7B fp16: 0.5 MiB per token
 
 
-def test_knee() -> None:
-    assert roofline.knee([1, 2, 4, 8, 16], [10, 19, 35, 37, 38]) == 4  # 35 -> 37 is +6%
-    assert roofline.knee([1, 2, 4, 8, 16], [10, 19, 35, 40, 41]) == 8  # 35 -> 40 is +14%, 40 -> 41 +2.5%
-    assert roofline.knee([1, 2, 4], [10, 20, 40]) is None
-
-
 def test_bandwidth_is_plausible() -> None:
     assert 1e9 < roofline.measure_memory_bandwidth(size_mib=64, repeats=3) < 2e12

@@ -150,3 +150,31 @@ def test_cli_cost_spot_and_errors() -> None:
     assert half.exit_code == 1 and "go together" in half.output
     zero = runner.invoke(app, ["cost", "--tokens-per-s", "0"])
     assert zero.exit_code == 1 and "must be > 0" in zero.output
+
+
+def test_prefix_cache_lever_says_when_its_figures_come_from_two_workloads() -> None:
+    rows = [{"concurrency": 1, "ttft_p50_s": 0.1, "e2e_p50_s": 1.0}]
+    same = cost.prefix_cache_lever_from_results(
+        {"prefix_cache_hit_rate": 0.5, "prefix_prefill_share": 0.4}, rows, "nb04", "nb05"
+    )
+    assert same.factor == pytest.approx(0.8) and "two different workloads" not in same.basis
+    mixed = cost.prefix_cache_lever_from_results({"prefix_cache_hit_rate": 0.5}, rows, "nb04", "nb05")
+    assert mixed.factor == pytest.approx(0.95) and "two different workloads" in mixed.basis
+
+
+def test_spot_lever_states_the_dates_of_both_prices() -> None:
+    a100 = cost.load_prices().offer("A100")
+    basis = cost.spot_lever(a100, 0.1).basis
+    assert "on-demand" in basis and "spot" in basis
+    if a100.on_demand.source != a100.spot.source and a100.on_demand.as_of != a100.spot.as_of:
+        assert "not known to be of the same date" in basis
+    l4 = cost.load_prices().offer("L4")  # both prices from one snapshot
+    assert "one snapshot" in l4.price_dates() and "not known" not in l4.price_dates()
+
+
+def test_quantization_lever_says_it_is_not_the_seeds_comparison() -> None:
+    quant = [
+        {"level": "F16", "decode_tok_s": 10.0, "file_mib": 100.0},
+        {"level": "Q4_K_M", "decode_tok_s": 20.0, "file_mib": 40.0},
+    ]
+    assert "format, hardware and batching all differ" in cost.quantization_lever(quant, "Q4_K_M", "t").basis
