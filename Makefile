@@ -14,10 +14,17 @@ TORCH_INDEX ?=
 PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 # llama.cpp is compiled for a portable AVX2 baseline, not -march=native: the native build's AMX kernels
 # segfault on the first completion on some CPUs (seen with llama-cpp-python 0.3.36), and a portable
-# wheel can be reused on any AVX2 machine. Kept in the kit's cache, keyed by the flags.
+# build can be reused on any AVX2 machine. One compile (scripts/build-llamacpp) gives the binding's wheel
+# and llama.cpp's own programs (llama-server, llama-bench, llama-perplexity); both are kept in the kit's
+# cache, keyed by the version and the flags.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 LLAMA_VERSION := $(shell sed -n 's/^llama[-_]cpp[-_]python==//p' $(LOCK))
-LLAMA_WHEELS := $(or $(SERVELAB_HOME),$(HOME)/.cache/servelab)/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+LLAMA_BUILD := $(shell sed -n 's/^build: *//p' data/engines/llamacpp_build.yaml)
+LLAMA_KEY := $(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+CACHE := $(or $(SERVELAB_HOME),$(HOME)/.cache/servelab)
+LLAMA_WHEELS := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_KEY)
+LLAMA_TOOLS := $(CACHE)/llama.cpp/b$(LLAMA_BUILD)-$(LLAMA_KEY)
+BUILD_LLAMACPP := LLAMA_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" scripts/build-llamacpp $(BIN)/python $(LLAMA_VERSION) $(LLAMA_WHEELS) $(LLAMA_TOOLS)
 LAB_ARGS ?=
 # JupyterLab refuses to run as root without this flag (containers and lab VMs often are root).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
@@ -26,7 +33,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: lab test unit lint setup env model os-tools preflight leftovers clean
+.PHONY: lab test unit lint setup env llamacpp model os-tools preflight leftovers clean
 
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ROOT) notebooks/00_preflight.ipynb $(LAB_ARGS)
@@ -51,7 +58,7 @@ lint: env
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-setup: env os-tools model
+setup: env llamacpp os-tools model
 
 env: $(STAMP)
 
@@ -60,15 +67,17 @@ $(STAMP): $(LOCK) pyproject.toml
 	  { echo "Python 3.11+ is needed (found: $(PYTHON)). Install python3.11 or run: make lab PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
 	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	@ls $(LLAMA_WHEELS)/*.whl >/dev/null 2>&1 || { \
-	  echo "Compiling llama-cpp-python $(LLAMA_VERSION) (once per machine; ~7 min on 2 cores)..."; \
-	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir \
-	    -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION); }
+	@$(BUILD_LLAMACPP)
 	@echo "Installing the pinned environment (~3 min into a fresh .venv)..."
 	set -o pipefail; time $(BIN)/python -m pip install --no-deps $(PIP_TORCH) --find-links $(LLAMA_WHEELS) -r $(LOCK) 2>&1 | grep -v "is ignored: it is neither"
 	$(BIN)/python -m pip install -q --no-deps -e .
 	@$(BIN)/python -c 'import importlib.util as u, sys; bad=[m for m in ("torchvision","torchaudio","torchcodec") if u.find_spec(m)]; bad and sys.exit(f"remove {bad}: they break vLLM CPU (pip uninstall -y {chr(32).join(bad)})")'
 	touch $@
+
+# llama.cpp's programs come from the same compile as the wheel above; here the script only checks the cache
+# and links `current`, except on a machine whose wheel was cached before the kit built the programs.
+llamacpp: env
+	@$(BUILD_LLAMACPP)
 
 # Prometheus + promtool + Alertmanager (notebook 06, rule and alerting tests) from the OS when we can;
 # otherwise say how. Debian names the Alertmanager binary prometheus-alertmanager.

@@ -189,18 +189,19 @@ _WORDS = [
 def length_forcing_body(engine_kind: ServerKind, eos_token_id: int = SMOLLM2_EOS_ID) -> dict[str, Any]:
     """Extra request fields that make the engine generate exactly ``max_tokens`` tokens.
 
-    vLLM has ``ignore_eos``. llama-cpp-python's server does not; a logit bias of -100 on the EOS
-    token has the same effect there (the token can no longer be sampled). A hosted OpenAI endpoint
-    offers neither reliably, so "openai" sends nothing and answers may be shorter than asked.
+    vLLM and llama.cpp's native server have ``ignore_eos``. llama-cpp-python's server does not; a logit
+    bias of -100 on the EOS token has the same effect there (the token can no longer be sampled). A
+    hosted OpenAI endpoint offers neither reliably, so "openai" sends nothing and answers may be shorter
+    than asked.
     """
-    if engine_kind == "vllm":
+    if engine_kind in ("vllm", "llama-server"):
         return {"ignore_eos": True}
     if engine_kind == "llamacpp":
         return {"logit_bias": {str(eos_token_id): -100}}
     if engine_kind == "openai":
         return {}
     raise ServelabError(
-        f"engine_kind {engine_kind!r} is not one of 'vllm', 'llamacpp', 'openai'.",
+        f"engine_kind {engine_kind!r} is not one of 'vllm', 'llamacpp', 'llama-server', 'openai'.",
         "pass engine_kind=engine.kind, or 'openai' for any other server",
     )
 

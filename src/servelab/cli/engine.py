@@ -18,7 +18,7 @@ app = typer.Typer(help="Start engines and find leftovers.", no_args_is_help=True
 
 @app.command("start")
 def engine_start(
-    kind: str = typer.Argument(..., help="vllm or llamacpp"),
+    kind: str = typer.Argument(..., help="vllm, llamacpp (llama-cpp-python's server) or llama-server (native)"),
     port: int = typer.Option(0, help="0 picks a free port"),
     device: str = typer.Option("auto", help="vLLM only: auto, cpu or cuda"),
     ready_timeout: float = typer.Option(600.0, help="seconds to wait for readiness"),

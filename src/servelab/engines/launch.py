@@ -1,9 +1,11 @@
-"""The two engines the kit really runs, behind one API.
+"""The engines the kit really runs, behind one API.
 
-``start_vllm`` and ``start_llamacpp`` each build the server's command line from a few documented
-options, start it as a :class:`~servelab.procs.ManagedServer` on a free loopback port, wait until it
-answers, and return an :class:`Engine`. Use it as a context manager, or call ``stop()`` in the
-notebook's last cell; either way the ``atexit`` hook in :mod:`servelab.procs` is the backstop.
+``start_vllm``, ``start_llamacpp`` (llama-cpp-python's Python server) and ``start_llama_server``
+(llama.cpp's native server, the program manifests/llamacpp deploys) each build the server's command
+line from a few documented options, start it as a :class:`~servelab.procs.ManagedServer` on a free
+loopback port, wait until it answers, and return an :class:`Engine`. Use it as a context manager, or
+call ``stop()`` in the notebook's last cell; either way the ``atexit`` hook in :mod:`servelab.procs` is
+the backstop.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
 
+from servelab import binaries
 from servelab.engines import model as models
 from servelab.engines.device import default_dtype, resolve_device
 from servelab.engines.kinds import ENGINE_KINDS, EngineKind
@@ -54,6 +58,21 @@ class LlamaCppOptions:
     # The server's default (True) cancels a running stream when a new request arrives, so under
     # concurrent load most clients would see their stream cut off. We queue them instead.
     interrupt_requests: bool = False
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LlamaServerOptions:
+    """The native llama-server's flags a learner tunes; each maps to one flag (tools/server/README.md)."""
+
+    threads: int | None = None  # -t and -tb; default: every core
+    n_ctx: int = 2048  # -c: KV-cache tokens for the whole server, not per request
+    parallel: int = 4  # -np: slots, the requests decoded together in one batch
+    kv_unified: bool = True  # -kvu: the slots share the n_ctx cache, so one request may use all of it
+    cont_batching: bool = True  # -cb: a finished slot takes the next request without waiting for the batch
+    n_batch: int = 2048  # -b: prompt tokens processed per step
+    metrics: bool = True  # --metrics: the Prometheus endpoint, off in llama-server by default
+    host: str = "127.0.0.1"  # --host: 0.0.0.0 to serve other machines
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -261,13 +280,79 @@ def start_llamacpp(
     return engine.launch(ready_timeout)
 
 
+def _gguf(model: str) -> Path:
+    """The GGUF file llama.cpp serves: the kit's own for ``DEFAULT_MODEL``, else ``model`` as a path."""
+    if model == models.DEFAULT_MODEL:
+        return models.gguf_path()
+    path = Path(model).expanduser()
+    if path.suffix != ".gguf":
+        raise ServelabError(
+            f"llama.cpp serves GGUF files; model={model!r} is not one.",
+            f"use model={models.DEFAULT_MODEL!r} or the path of a .gguf file",
+        )
+    if not path.is_file():
+        raise ServelabError(
+            f"The GGUF file {path} does not exist.", f"check the path, or use model={models.DEFAULT_MODEL!r}"
+        )
+    return path
+
+
+def llama_server_command(binary: str, gguf: str, served_name: str, port: int, opts: LlamaServerOptions) -> list[str]:
+    """The exact command line the kit runs for llama.cpp's native server."""
+    threads = str(opts.threads or os.cpu_count() or 1)
+    cmd = [binary, "--model", str(gguf), "--alias", served_name, "--host", opts.host, "--port", str(port)]
+    cmd += ["--threads", threads, "--threads-batch", threads, "--ctx-size", str(opts.n_ctx)]
+    cmd += ["--parallel", str(opts.parallel), "--batch-size", str(opts.n_batch)]
+    cmd.append("--kv-unified" if opts.kv_unified else "--no-kv-unified")
+    cmd.append("--cont-batching" if opts.cont_batching else "--no-cont-batching")
+    cmd.append("--no-webui")  # the kit compiles no web UI; the API is what it serves
+    if opts.metrics:
+        cmd.append("--metrics")
+    return cmd + list(opts.extra_args)
+
+
+def start_llama_server(
+    model: str = models.DEFAULT_MODEL,
+    options: LlamaServerOptions | None = None,
+    ready_timeout: float = 60.0,
+    port: int | None = None,
+) -> Engine:
+    """Start llama.cpp's native server (``make setup`` compiles it) and wait until ``/health`` is 200.
+
+    ``model`` is the kit's model name or the path of any GGUF file. ``/health`` answers 503 while the
+    model loads, so ready means ready to serve, as the manifests' probes read it.
+    """
+    opts = options or LlamaServerOptions()
+    binary = binaries.require("llama-server")
+    gguf = _gguf(model)
+    served = models.SERVED_NAME if model == models.DEFAULT_MODEL else gguf.stem
+    port = port or free_port()
+    engine = Engine(
+        kind="llama-server",
+        served_model=served,
+        device="cpu",
+        name="llama-server (cpu)",
+        command=llama_server_command(binary, str(gguf), served, port, opts),
+        port=port,
+        log_path=logs_dir() / f"llama-server-{port}-{int(time.time())}.log",
+        ready_path="/health",
+        host="127.0.0.1" if opts.host in ("0.0.0.0", "::") else opts.host,
+    )
+    return engine.launch(ready_timeout)
+
+
 def start_engine(kind: EngineKind, **kwargs: Any) -> Engine:
     """Start either engine by name, e.g. from the CLI or a loop over engines in a notebook.
 
-    ``kwargs`` go to :func:`start_vllm` or :func:`start_llamacpp` (typed there; a wrong name fails there).
+    ``kwargs`` go to :func:`start_vllm`, :func:`start_llamacpp` or :func:`start_llama_server` (typed there;
+    a wrong name fails there).
     """
     if kind == "vllm":
         return start_vllm(**kwargs)
     if kind == "llamacpp":
         return start_llamacpp(**kwargs)
-    raise ServelabError(f"engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}.", "pick kind='vllm' or 'llamacpp'")
+    if kind == "llama-server":
+        return start_llama_server(**kwargs)
+    raise ServelabError(
+        f"engine {kind!r} is not one of {', '.join(ENGINE_KINDS)}.", "pick kind='vllm', 'llamacpp' or 'llama-server'"
+    )

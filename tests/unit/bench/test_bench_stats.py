@@ -169,6 +169,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-
 
 def test_workloads_are_seeded_and_force_full_length_per_engine() -> None:
     assert length_forcing_body("vllm") == {"ignore_eos": True}
+    assert length_forcing_body("llama-server") == {"ignore_eos": True}
     assert length_forcing_body("llamacpp") == {"logit_bias": {"2": -100}}
     assert length_forcing_body("openai") == {}
     wl = fixed_workload(input_tokens=100, output_tokens=16, engine_kind="llamacpp")
