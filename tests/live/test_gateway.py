@@ -53,12 +53,6 @@ def _config(replicas: list[tuple[str, Engine]], audit_path: Path, **settings: An
 
 
 @pytest.fixture(scope="module")
-def replicas() -> Iterator[dict[str, Engine]]:
-    with start_llamacpp(options=ONE_THREAD) as a, start_llamacpp(options=ONE_THREAD) as b:
-        yield {"a": a, "b": b}
-
-
-@pytest.fixture(scope="module")
 def gateway(replicas: dict[str, Engine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     audit = tmp_path_factory.mktemp("gateway") / "audit.jsonl"
     with start_gateway(_config(list(replicas.items()), audit)) as gw:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from servelab.engines.launch import Engine, LlamaCppOptions, start_llamacpp
+from servelab.engines.launch import Engine
 from servelab.gateway import GatewayConfig, KeyConfig, ReplicaConfig
 from servelab.gateway.launch import Gateway, start_gateway
 
@@ -87,25 +87,22 @@ requests = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    options = LlamaCppOptions(n_threads=1)
-    with start_llamacpp(options=options) as a, start_llamacpp(options=options) as b:
-        engines: dict[str, Engine] = {"a": a, "b": b}
-        config = GatewayConfig(
-            replicas=[ReplicaConfig(name=n, url=e.url, health_path="/docs") for n, e in engines.items()],
-            keys=[KeyConfig.from_secret("fuzz", KEY, requests_per_minute=10**6, tokens_per_minute=10**9)],
-            models=[a.served_model],
-            audit_path=str(tmp_path_factory.mktemp("fuzz") / "audit.jsonl"),
-            health_interval_s=0.5,
-            max_outstanding_per_replica=1,
-            request_timeout_s=TIMEOUT_S,
-            first_chunk_timeout_s=TIMEOUT_S,
-            stream_timeout_s=TIMEOUT_S,
-            default_max_tokens=4,
-            max_body_bytes=16384,
-        )
-        with start_gateway(config) as gw:
-            yield gw
+def gateway(replicas: dict[str, Engine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    config = GatewayConfig(
+        replicas=[ReplicaConfig(name=n, url=e.url, health_path="/docs") for n, e in replicas.items()],
+        keys=[KeyConfig.from_secret("fuzz", KEY, requests_per_minute=10**6, tokens_per_minute=10**9)],
+        models=[replicas["a"].served_model],
+        audit_path=str(tmp_path_factory.mktemp("fuzz") / "audit.jsonl"),
+        health_interval_s=0.5,
+        max_outstanding_per_replica=1,
+        request_timeout_s=TIMEOUT_S,
+        first_chunk_timeout_s=TIMEOUT_S,
+        stream_timeout_s=TIMEOUT_S,
+        default_max_tokens=4,
+        max_body_bytes=16384,
+    )
+    with start_gateway(config) as gw:
+        yield gw
 
 
 @pytest.mark.engines

@@ -49,12 +49,6 @@ def _config(replicas: dict[str, Engine], audit_path: Path, **settings: Any) -> G
 
 
 @pytest.fixture(scope="module")
-def replicas() -> Iterator[dict[str, Engine]]:
-    with start_llamacpp(options=ONE_THREAD) as a, start_llamacpp(options=ONE_THREAD) as b:
-        yield {"a": a, "b": b}
-
-
-@pytest.fixture(scope="module")
 def gateway(replicas: dict[str, Engine], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     audit = tmp_path_factory.mktemp("hardening") / "audit.jsonl"
     config = _config(
