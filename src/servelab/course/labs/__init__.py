@@ -4,11 +4,11 @@ A lab notebook calls its ``check_*`` function on the learner's answer and passes
 :func:`report`. Labs live in ``labs/``; their reference solutions in ``labs/solutions/``.
 """
 
+from servelab.course.grading import LabCheck, report
 from servelab.course.labs.alerting import check_queue_alert
 from servelab.course.labs.autoscaling import check_autoscaling
 from servelab.course.labs.benchmarking import check_benchmark, run_benchmark_settings
 from servelab.course.labs.deployment import check_vllm_deployment
-from servelab.course.labs.grading import LabCheck, report
 
 __all__ = [
     "LabCheck",

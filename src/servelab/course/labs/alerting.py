@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from servelab.course.labs.grading import LabCheck
+from servelab.course.grading import LabCheck
 from servelab.observe import alerts, promql, promtool
 from servelab.paths import data_path
 

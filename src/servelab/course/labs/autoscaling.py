@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from servelab import results
-from servelab.course.labs.grading import LabCheck
+from servelab.course.grading import LabCheck
 from servelab.errors import ServelabError
 from servelab.k8s import autoscale, autoscalers, manifests
 from servelab.paths import manifests_path

@@ -17,7 +17,7 @@ from typing import Any
 from servelab.bench.loadgen import run_benchmark
 from servelab.bench.stats import BenchResult
 from servelab.bench.workload import fixed_workload
-from servelab.course.labs.grading import LabCheck
+from servelab.course.grading import LabCheck
 from servelab.engines.launch import Engine
 from servelab.errors import ServelabError
 

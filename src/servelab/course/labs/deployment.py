@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from servelab.course.labs.grading import LabCheck
+from servelab.course.grading import LabCheck
 from servelab.k8s import manifests
 
 
