@@ -1,9 +1,9 @@
 # The API gateway's image: `python -m servelab.gateway` with only pyproject.toml's `gateway` extra
 # installed, none of the kit's engines or notebook tooling (no torch, vllm, pandas, psutil).
 #   docker build -t servelab-gateway:0.1.0 .      # the tag manifests/gateway/deployment.yaml runs
-#   docker run --rm -p 8080:8080 -v "$PWD/my-gateway.yaml:/etc/servelab-gateway/config/gateway.yaml:ro" servelab-gateway:0.1.0
+#   docker run --rm -p 8080:8080 -p 8081:8081 -v "$PWD/my-gateway.yaml:/etc/servelab-gateway/config/gateway.yaml:ro" servelab-gateway:0.1.0
 # tests/live/test_gateway_standalone.py proves the same install in a fresh venv (CI has no Docker).
-# No HEALTHCHECK: Kubernetes probes /health (liveness) and /ready (readiness) itself.
+# No HEALTHCHECK: Kubernetes probes /health (liveness, port 8080) and /ready (readiness, admin port 8081) itself.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -28,7 +28,7 @@ RUN pip install --no-cache-dir -c requirements/lock.txt ".[gateway]"
 WORKDIR /home/servelab
 USER 10001:10001
 
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["python", "-m", "servelab.gateway"]
 # The config path is where manifests/gateway/deployment.yaml mounts its ConfigMap.
 CMD ["--config", "/etc/servelab-gateway/config/gateway.yaml", "--host", "0.0.0.0", "--port", "8080"]

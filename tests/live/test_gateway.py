@@ -1,5 +1,5 @@
 """The gateway (servelab.gateway) with real llama.cpp replicas behind it: keys, limits, timeouts,
-disconnects, failover when a replica is killed, the audit log, metrics.
+disconnects, failover when a replica is killed, the audit log, metrics (on the admin port only).
 
 Every test starts real llama.cpp servers (one thread each: the machine has two cores, so not the suite's
 shared llama.cpp) and talks to a real gateway process over HTTP. The gateway's config, limiter and SSE
@@ -10,6 +10,7 @@ manifests in tests/unit/k8s/test_gateway_manifests.py.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from servelab.engines.launch import Engine, LlamaCppOptions, start_llamacpp
 from servelab.gateway import GatewayConfig, KeyConfig, ReplicaConfig, hash_key
 from servelab.gateway.launch import Gateway, start_gateway
 from servelab.observe.metrics import samples
+from servelab.procs import free_port
 
 ONE_THREAD = LlamaCppOptions(n_threads=1)
 KEYS = {"alice": "sk-test-alice", "bob": "sk-test-bob", "tiny": "sk-test-tiny", "burst": "sk-test-burst"}
@@ -74,6 +76,42 @@ def _body(replicas: dict[str, Engine], **extra: Any) -> dict[str, Any]:
         "temperature": 0,
         **extra,
     }
+
+
+def test_probes_and_metrics_are_served_on_the_admin_port_only(tmp_path: Path) -> None:
+    # No engine: a replica nobody listens on. The gateway is ready anyway and its 503s are counted.
+    config = GatewayConfig(
+        replicas=[ReplicaConfig(name="down", url=f"http://127.0.0.1:{free_port()}")],
+        keys=[KeyConfig.from_secret("alice", KEYS["alice"])],
+        audit_path=str(tmp_path / "audit.jsonl"),
+        health_interval_s=0.5,
+        header_timeout_s=0.5,
+    )
+    with start_gateway(config) as gw:
+        assert _post(gw, KEYS["alice"], {"model": "m", "prompt": "Hi", "max_tokens": 1}).status_code == 503
+        for path in ("/metrics", "/ready"):  # nothing of them on the client port, with a key or without
+            for headers in ({}, {"Authorization": f"Bearer {KEYS['alice']}"}):
+                reply = httpx.get(gw.url + path, headers=headers, timeout=5)
+                assert reply.status_code == 404 and "gateway_" not in reply.text, (path, headers, reply.text)
+        ready = httpx.get(gw.admin_url + "/ready", timeout=5)
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "replicas": {"down": "down"}}
+        metrics = httpx.get(gw.admin_url + "/metrics", timeout=5).text
+        served = [
+            v for n, lab, v in samples(metrics, "gateway_requests") if n.endswith("_total") and lab["key_id"] == "alice"
+        ]
+        assert served == [1.0], metrics
+        assert httpx.get(gw.url + "/health", timeout=5).json() == {"status": "alive"}  # liveness: client port
+        # The admin port has the client port's guards: a connection that sends no request head is closed.
+        with socket.create_connection(("127.0.0.1", gw.config.admin_port), timeout=5) as idle:
+            began = time.perf_counter()
+            assert idle.recv(1) == b"" and time.perf_counter() - began < 3
+        metrics = httpx.get(gw.admin_url + "/metrics", timeout=5).text
+        refused = [
+            v
+            for n, labels, v in samples(metrics, "gateway_refused_connections")
+            if n == "gateway_refused_connections_total" and labels == {"listener": "admin", "reason": "header_timeout"}
+        ]
+        assert refused == [1.0], metrics
 
 
 @pytest.mark.engines
@@ -163,7 +201,7 @@ def test_200_concurrent_requests_leave_exactly_one_audit_line_each(
     lines = [line for line in gateway.audit_lines() if line["key_id"] == "burst"]
     assert sorted(line["request_id"] for line in lines) == sorted(ids)  # nothing lost, nothing doubled
     assert {line["outcome"] for line in lines} == {"ok"} and {line["replica"] for line in lines} == {"a", "b"}
-    text = httpx.get(gateway.url + "/metrics", timeout=5).text
+    text = httpx.get(gateway.admin_url + "/metrics", timeout=5).text
     counted = sum(
         v
         for n, labels, v in samples(text, "gateway_requests")
@@ -178,7 +216,7 @@ def test_client_hanging_up_cancels_the_upstream_request(gateway: Gateway, replic
     assert result["audit_outcome"] == "client_disconnected" and result["chunks_read"] == 8
     # ~390 more tokens would keep the replica busy for seconds; cancelled, it answers at once.
     assert result["replica_free_after_s"] < min(2.0, result["abandoned_generation_s"] / 3), result
-    text = httpx.get(gateway.url + "/metrics", timeout=5).text
+    text = httpx.get(gateway.admin_url + "/metrics", timeout=5).text
     cancelled = {
         labels["reason"]: v
         for n, labels, v in samples(text, "gateway_upstream_cancelled")
@@ -242,7 +280,7 @@ def test_killing_a_replica_under_load_loses_only_requests_in_flight(tmp_path: Pa
         reply = _post(gw, KEYS["alice"], {"model": a.served_model, "prompt": "x", "max_tokens": 1})
         assert reply.status_code == 503 and reply.headers["retry-after"]
         assert "No healthy engine replica" in reply.json()["error"]["message"]
-        assert httpx.get(gw.url + "/ready", timeout=5).status_code == 200  # still ready: it answers
+        assert httpx.get(gw.admin_url + "/ready", timeout=5).status_code == 200  # still ready: it answers
         lines = gw.audit_lines()
         assert len(lines) == report.requests + 1 and len({x["request_id"] for x in lines}) == len(lines)
         assert json.loads(gw.audit_path.read_text().splitlines()[-1])["outcome"] == "no_replica"

@@ -1,6 +1,6 @@
 """The deployable gateway on its own: a fresh venv with nothing but ``pip install "<repo>[gateway]"``
-(what the Dockerfile installs) must run ``python -m servelab.gateway`` and serve its probes, metrics and
-a clear 503 when no engine is up, without any of the kit's notebook tooling or heavy libraries.
+(what the Dockerfile installs) must run ``python -m servelab.gateway`` and serve its probes, metrics (on
+the admin port) and a clear 503 when no engine is up, without any of the kit's notebook tooling or heavy libraries.
 
 This is what proves the ``gateway`` extra in pyproject.toml; no Docker build is needed for that. The
 install is a regular (non-editable) one from a copy of what the image's build context holds
@@ -128,6 +128,7 @@ def test_gateway_extra_alone_runs_the_gateway(tmp_path: Path) -> None:
     assert probe.stdout.strip() == "[]", f"the gateway extra installed notebook/engine packages: {probe.stdout}"
 
     dead_engine = _free_port()  # nothing listens here: the one replica is down
+    admin_port = _free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -137,6 +138,7 @@ def test_gateway_extra_alone_runs_the_gateway(tmp_path: Path) -> None:
                 "health_interval_s": 0.5,
                 "health_timeout_s": 0.5,
                 "audit_path": "-",  # stdout, as in the Deployment
+                "admin_port": admin_port,
             }
         )
     )
@@ -158,7 +160,10 @@ def test_gateway_extra_alone_runs_the_gateway(tmp_path: Path) -> None:
         return _tail("\n".join(line for line in lines if not line.startswith("import time:")))
 
     try:
-        with httpx.Client(base_url=base, timeout=5, trust_env=False) as client:
+        with (
+            httpx.Client(base_url=base, timeout=5, trust_env=False) as client,
+            httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=5, trust_env=False) as admin,
+        ):
             deadline = time.monotonic() + START_DEADLINE_S
             ready = None
             while time.monotonic() < deadline:
@@ -166,7 +171,7 @@ def test_gateway_extra_alone_runs_the_gateway(tmp_path: Path) -> None:
                     hint = " (a module it imports is not in the gateway extra)" if "ModuleNotFound" in logs() else ""
                     pytest.fail(f"python -m servelab.gateway exited with {proc.returncode}{hint}:\n{logs()}")
                 try:
-                    ready = client.get("/ready")
+                    ready = admin.get("/ready")
                     if ready.status_code == 200:
                         break
                 except httpx.TransportError:
@@ -189,7 +194,8 @@ def test_gateway_extra_alone_runs_the_gateway(tmp_path: Path) -> None:
             assert error["code"] == "no_healthy_replica" and "No healthy engine replica" in error["message"]
             assert answer.headers["retry-after"] == "1" and answer.headers["x-request-id"]
 
-            metrics = client.get("/metrics")
+            assert client.get("/metrics").status_code == 404 and client.get("/ready").status_code == 404
+            metrics = admin.get("/metrics")
             assert metrics.status_code == 200
             assert 'gateway_replica_up{replica="engine"} 0.0' in metrics.text
             assert 'gateway_requests_total{code="503",key_id="alice",outcome="no_replica"} 1.0' in metrics.text or (

@@ -64,7 +64,7 @@ async def _stream_once(client: httpx.AsyncClient, url: str, body: dict[str, Any]
 
 def replica_up(gateway: Gateway) -> dict[str, bool]:
     """What the gateway believes about each replica now (its ``gateway_replica_up`` gauge)."""
-    text = httpx.get(gateway.url + "/metrics", timeout=5).text
+    text = httpx.get(gateway.admin_url + "/metrics", timeout=5).text
     return {labels["replica"]: value == 1 for name, labels, value in samples(text, "gateway_replica_up")}
 
 

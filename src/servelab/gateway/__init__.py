@@ -16,7 +16,8 @@ Why the kit has its own instead of an existing gateway (checked in 2026, see not
 The gateway here is small on purpose (FastAPI + httpx + ``limits`` + ``prometheus_client``), with
 one module per job, so a learner can read every decision: :mod:`.config`, :mod:`.auth`,
 :mod:`.validate` (what is forwarded), :mod:`.ratelimit`, :mod:`.replicas`, :mod:`.proxy`, :mod:`.breaker`
-(requests of death), :mod:`.audit`, :mod:`.metrics`, :mod:`.app`, :mod:`.server` (connection limits);
+(requests of death), :mod:`.audit`, :mod:`.metrics`, :mod:`.app`, :mod:`.server` (the client port, the
+admin port with the probes and metrics, connection limits);
 :mod:`.launch` starts it as a managed process for notebooks and tests. The deployable part imports
 nothing else of the kit but :mod:`servelab.errors` and :mod:`servelab.sse` (``pip install .[gateway]``).
 In production with a cluster and a database, LiteLLM or Envoy AI Gateway are sound choices; the

@@ -18,36 +18,22 @@ GRACEFUL_SHUTDOWN_S = 20
 
 
 def serve(config_path: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> None:
-    """Load the config (failing with a clear message) and serve until SIGTERM or Ctrl-C."""
-    import uvicorn
-
-    from servelab.gateway.app import create_app
+    """Load the config (failing with a clear message) and serve the client port and the admin port
+    (``admin_port`` in the config) until SIGTERM or Ctrl-C."""
+    from servelab.gateway import server
+    from servelab.gateway.app import create_apps
     from servelab.gateway.config import load_config
-    from servelab.gateway.server import fitting_connections, guarded_protocol
 
     config = load_config(config_path)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(config)
-    max_connections = fitting_connections(config.max_connections)
-    refused = app.state.metrics.refused_connections
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        http=guarded_protocol(config.header_timeout_s, max_connections, lambda r: refused.labels(r).inc()),
-        limit_concurrency=max_connections,
-        timeout_keep_alive=config.keep_alive_s,
-    )
+    server.serve(create_apps(config), config, host, port, log_level, GRACEFUL_SHUTDOWN_S)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m servelab.gateway", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="gateway YAML (see data/gateway/config.yaml)")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 in a container")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, default=8080, help="the client port (the admin port is in the config)")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
     try:

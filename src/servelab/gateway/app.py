@@ -1,4 +1,5 @@
-"""The gateway's HTTP API: the OpenAI routes it forwards, its own probes and metrics.
+"""The gateway's two HTTP apps: the client API (the OpenAI routes it forwards, and the liveness probe)
+and the admin API (the readiness probe and the Prometheus metrics), served on separate ports.
 
 Order of the checks on a request, cheapest first, so a refused request costs the engines nothing:
 failed authentications from its address (429) -> API key (401) -> body size and read time (413, 408)
@@ -7,11 +8,15 @@ quarantined request of death (400) -> the key's requests at a time and per-minut
 a healthy replica soon enough (503) -> the engine's answer within the timeout (504), the engine's
 refusal (400) or its failure (502).
 
-``/health`` is the liveness probe (the process and its event loop answer); ``/ready`` the readiness
-probe (the config is loaded and the first round of replica health checks has run). Readiness does
-not require a healthy engine on purpose: if every engine is down, ready gateways still answer 503
-with a clear message and ``Retry-After``, where unready ones would leave the Service without
-endpoints and clients with "connection refused".
+``/health`` is the liveness probe (the process and its event loop answer), on the client port so that
+it fails when the port clients use does; ``/ready`` the readiness probe (the config is loaded and the
+first round of replica health checks has run). Readiness does not require a healthy engine on purpose:
+if every engine is down, ready gateways still answer 503 with a clear message and ``Retry-After``,
+where unready ones would leave the Service without endpoints and clients with "connection refused".
+
+``/ready`` and ``/metrics`` need no API key (a kubelet or Prometheus has none) and show every key's
+traffic and every replica's state, so they live on the admin port (``admin_port``), which a cluster
+exposes to its probes and Prometheus only; the client port answers 404 for them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 from fastapi import FastAPI, Request
@@ -164,8 +169,15 @@ def require_text(body: dict[str, Any]) -> None:
         raise _invalid_json("nested too deeply") from None
 
 
-def create_app(config: GatewayConfig) -> FastAPI:
-    """The gateway as an ASGI app (``python -m servelab.gateway`` serves it with uvicorn)."""
+class GatewayApps(NamedTuple):
+    """The two ASGI apps of one gateway, sharing its replica pool and metrics."""
+
+    client: FastAPI  # the OpenAI API and /health, on the client port; its lifespan runs the pool
+    admin: FastAPI  # /ready and /metrics, on admin_port; no lifespan of its own
+
+
+def create_apps(config: GatewayConfig) -> GatewayApps:
+    """The gateway's client and admin apps (``python -m servelab.gateway`` serves each on its port)."""
     metrics = GatewayMetrics()
     audit = AuditLog(config.audit_path)
     keys = KeyRing(config.all_keys())
@@ -227,16 +239,6 @@ def create_app(config: GatewayConfig) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        replicas = {r.name: "up" if r.healthy else "down" for r in pool.replicas}
-        status = 200 if pool.checked_once.is_set() else 503
-        return JSONResponse({"ready": status == 200, "replicas": replicas}, status_code=status)
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     @app.post(API_PREFIX + "/completions")
     @app.post(API_PREFIX + "/chat/completions")
     async def generate(request: Request) -> Response:
@@ -291,4 +293,16 @@ def create_app(config: GatewayConfig) -> FastAPI:
 
         return await guarded(request, handle)
 
-    return app
+    admin = FastAPI(title="servelab gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @admin.get("/ready")
+    async def ready() -> JSONResponse:
+        replicas = {r.name: "up" if r.healthy else "down" for r in pool.replicas}
+        status = 200 if pool.checked_once.is_set() else 503
+        return JSONResponse({"ready": status == 200, "replicas": replicas}, status_code=status)
+
+    @admin.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return GatewayApps(app, admin)

@@ -91,6 +91,9 @@ class GatewayConfig(_Strict):
     poison_quarantine_s: float = Field(600.0, ge=0)
     max_body_bytes: int = Field(256 * 1024, gt=0)
     default_max_tokens: int = Field(256, gt=0)  # set when a request names none, so the token budget is bounded
+    # /ready and /metrics are served on this port only, never on the client port (servelab.gateway.server):
+    # a probe or a scrape needs no API key, and what it shows (keys' traffic, replicas) is not for clients.
+    admin_port: int = Field(8081, gt=0, lt=65536)
     # The server's own limits (uvicorn): what an idle or slow client may hold.
     max_connections: int = Field(512, gt=0)  # open connections; more get a 503 (keep below the fd limit)
     header_timeout_s: float = Field(10.0, gt=0)  # from connect (or the last answer) to a full request head

@@ -28,6 +28,11 @@ class Gateway(ManagedServer):
         return self.url + "/v1"
 
     @property
+    def admin_url(self) -> str:
+        """Where ``/ready`` and ``/metrics`` are: the admin port, not the client one (:mod:`servelab.gateway.app`)."""
+        return f"http://{self.host}:{self.config.admin_port}"
+
+    @property
     def audit_path(self) -> Path:
         return Path(self.config.audit_path)
 
@@ -37,13 +42,22 @@ class Gateway(ManagedServer):
 
 
 def start_gateway(
-    config: GatewayConfig | Path | str, port: int | None = None, ready_timeout: float = 30.0, log_level: str = "warning"
+    config: GatewayConfig | Path | str,
+    port: int | None = None,
+    ready_timeout: float = 30.0,
+    log_level: str = "warning",
+    admin_port: int | None = None,
 ) -> Gateway:
-    """Write ``config`` next to the logs, start ``python -m servelab.gateway`` on it and wait until
-    ``/ready`` answers 200 (first round of replica health checks done)."""
+    """Write ``config`` next to the logs, with ``admin_port`` (a free port by default, whatever the config
+    said), start ``python -m servelab.gateway`` on it and wait until the client port answers ``/health``.
+
+    That is as ready as the admin port's ``/ready``: the client server opens for requests only after
+    its start-up ran the first round of replica health checks, and both ports are bound before."""
     if not isinstance(config, GatewayConfig):
         config = load_config(config)
     port = port or free_port()
+    admin_port = admin_port or next(p for p in iter(free_port, None) if p != port)
+    config = config.model_copy(update={"admin_port": admin_port})
     stamp = int(time.time())
     config_path = write_config(config, logs_dir() / f"gateway-{port}-{stamp}.yaml")
     gateway = Gateway(
@@ -63,6 +77,6 @@ def start_gateway(
         ],
         port=port,
         log_path=logs_dir() / f"gateway-{port}-{stamp}.log",
-        ready_path="/ready",
+        ready_path="/health",
     )
     return gateway.launch(ready_timeout)

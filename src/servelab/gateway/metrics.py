@@ -1,4 +1,4 @@
-"""The gateway's own Prometheus metrics, served at ``/metrics``.
+"""The gateway's own Prometheus metrics, served at ``/metrics`` on the admin port.
 
 The engines' metrics say how busy each replica is; only the gateway sees what clients experience:
 refused keys, rate-limited requests, timeouts, failovers, requests lost when a replica died. The
@@ -60,8 +60,8 @@ class GatewayMetrics:
         )
         self.refused_connections = Counter(
             "gateway_refused_connections",
-            "Connections the server refused or closed before a request, by reason",
-            ["reason"],
+            "Connections a server refused or closed before a request, by listener (client or admin port) and reason",
+            ["listener", "reason"],
             registry=r,
         )
         self.replica_up = Gauge(
