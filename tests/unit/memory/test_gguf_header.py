@@ -28,9 +28,7 @@ def _write_gguf(path: Path, key_length: int | None = None) -> None:
 
 
 @pytest.mark.parametrize(("key_length", "head_dim"), [(None, 32), (48, 48)])
-def test_kv_shape_reads_the_shape_past_a_vocabulary(
-    tmp_path: Path, key_length: int | None, head_dim: int
-) -> None:
+def test_kv_shape_reads_the_shape_past_a_vocabulary(tmp_path: Path, key_length: int | None, head_dim: int) -> None:
     _write_gguf(tmp_path / "m.gguf", key_length)
     shape = gguf_header.kv_shape(tmp_path / "m.gguf")
     assert (shape.layers, shape.kv_heads, shape.head_dim) == (4, 2, head_dim)
