@@ -5,32 +5,20 @@ notebook run, here only its guards (which never reach a server)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import pytest
 
 from servelab.bench.stats import BenchResult, RequestRecord
-from servelab.course.exercises import nb01
+from servelab.course.exercises import nb01, solutions_module
 from servelab.course.grading import LabCheck
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _solutions() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "nb01_solutions", ROOT / "notebooks/solutions/01_engine_comparison.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOLUTIONS = _solutions()
+SOLUTIONS = solutions_module("01_engine_comparison")
 
 
 def _failed(checks: list[LabCheck]) -> dict[str, str]:

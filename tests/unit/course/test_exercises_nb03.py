@@ -5,16 +5,14 @@ the live half (a server started at the larger context) is proven by the notebook
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
 
 from servelab import results
-from servelab.course.exercises import nb03
+from servelab.course.exercises import nb03, solutions_module
 from servelab.course.grading import LabCheck
 from servelab.engines.model import gguf_path
 from servelab.memory import gguf_header
@@ -23,15 +21,7 @@ ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK = "03_llamacpp_on_cpu"
 
 
-def _solutions() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("nb03_solutions", ROOT / "notebooks/solutions/03_llamacpp_on_cpu.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOLUTIONS = _solutions()
+SOLUTIONS = solutions_module("03_llamacpp_on_cpu")
 
 
 def _failed(checks: list[LabCheck]) -> dict[str, str]:

@@ -8,7 +8,6 @@ and these tests prove the grading logic.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -17,11 +16,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from servelab.course.exercises import nb04
+from servelab.course.exercises import nb04, solutions_module
 from servelab.course.grading import LabCheck
 from servelab.memory import kvcache
-
-SOLUTIONS = Path(__file__).resolve().parents[3] / "notebooks" / "solutions" / "04_quantization_paged_attention.py"
 
 # A ladder as notebook 04 measures it: everything within the noise of the best at these errors, but
 # Q2_K measurably worse once the errors shrink.
@@ -47,11 +44,7 @@ PRESSURE_LOAD = (16, 128, 160, 128)  # notebook 04's defaults: users, prompt, ou
 
 @pytest.fixture(scope="module")
 def solutions() -> Any:
-    spec = importlib.util.spec_from_file_location("nb04_solutions", SOLUTIONS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return solutions_module("04_quantization_paged_attention")
 
 
 @pytest.fixture

@@ -5,34 +5,22 @@ and the shipped reference results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from servelab import results
-from servelab.course.exercises import nb07
+from servelab.course.exercises import nb07, solutions_module
 from servelab.course.grading import LabCheck
 from servelab.planning import cost
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _solutions() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "nb07_solutions", ROOT / "notebooks" / "solutions" / "07_autoscaling_cost.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOLUTIONS = _solutions()
+SOLUTIONS = solutions_module("07_autoscaling_cost")
 ROWS = json.loads((results.reference_dir() / "05_benchmarking.json").read_text())["closed"]
 BOOK = cost.load_prices()
 

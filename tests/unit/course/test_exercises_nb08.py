@@ -5,15 +5,13 @@ so its verdict is proven by the notebook run and here only the part that never r
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
-from servelab.course.exercises import nb08
+from servelab.course.exercises import nb08, solutions_module
 from servelab.course.grading import LabCheck
 from servelab.gateway import KeyConfig, load_config
 from servelab.gateway.audit import AuditRecord
@@ -24,17 +22,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CAROL_KEY = "sk-exercise-carol"
 
 
-def _solutions() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "nb08_solutions", ROOT / "notebooks/solutions/08_production_practices.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOLUTIONS = _solutions()
+SOLUTIONS = solutions_module("08_production_practices")
 
 
 def _failed(checks: list[LabCheck]) -> dict[str, str]:

@@ -7,6 +7,6 @@ reference solution, so one run proves both halves of a check: the untouched answ
 the solution passes.
 """
 
-from servelab.course.exercises.grader import Grader, NotAnswered, solution
+from servelab.course.exercises.grader import Grader, NotAnswered, solution, solutions_module
 
-__all__ = ["Grader", "NotAnswered", "solution"]
+__all__ = ["Grader", "NotAnswered", "solution", "solutions_module"]

@@ -26,7 +26,8 @@ class NotAnswered(Exception):
 
 
 @cache
-def _solutions(notebook: str) -> ModuleType:
+def solutions_module(notebook: str) -> ModuleType:
+    """``notebooks/solutions/<notebook>.py``, loaded once: the instructor copy of a notebook's answers."""
     path = paths.repo_root() / "notebooks" / "solutions" / f"{notebook}.py"
     if not path.is_file():
         raise ServelabError(f"No reference solutions for {notebook} ({path}).", "they ship with the kit's repository")
@@ -39,7 +40,7 @@ def _solutions(notebook: str) -> ModuleType:
 
 def solution(notebook: str, exercise: str) -> Any:
     """The reference answer to ``exercise`` of ``notebook`` (the instructor copy), by its name."""
-    module = _solutions(notebook)
+    module = solutions_module(notebook)
     if not hasattr(module, exercise):
         raise ServelabError(f"notebooks/solutions/{notebook}.py has no {exercise!r}", "name it as the exercise")
     return getattr(module, exercise)
