@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import nbformat
@@ -78,3 +79,40 @@ def test_checked_cells_commit_the_text_they_are_checked_against(path: Path) -> N
             assert out.output_type == "stream" or (
                 out.output_type in ("execute_result", "display_data") and set(out.data) == {"text/plain"}
             ), f"cell {i}: commit only text output ({out.output_type})"
+
+
+EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if p.parent.name == "notebooks" and "01" <= p.name[:2] <= "08"]
+
+
+@pytest.mark.parametrize("path", EXERCISE_NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_are_graded_with_reference_solutions_outside_the_notebook(path: Path) -> None:
+    """Each exercise cell grades through the one Grader, under a name its solutions file defines, and the
+    parameters cell can switch on grading the reference solutions (what the notebook test does)."""
+    cells = _nb(path).cells
+    parameters = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    assert "check_reference_solutions = False" in parameters.source
+    graded = [
+        node.args[0].value
+        for cell in cells
+        if cell.cell_type == "code"
+        for node in ast.walk(ast.parse(cell.source))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "grade"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    ]
+    assert len(graded) >= 2, f"{len(graded)} graded exercises"
+    solutions = ROOT / "notebooks" / "solutions" / f"{path.stem}.py"
+    tree = ast.parse(solutions.read_text())
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)} | {
+        t.id
+        for n in tree.body
+        if isinstance(n, ast.Assign | ast.AnnAssign)
+        for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+        if isinstance(t, ast.Name)
+    }
+    assert set(graded) <= defined, f"solutions missing from {solutions.name}: {set(graded) - defined}"
+    assert not any(
+        re.search(r"(import|from)\s+\S*solutions|solutions/", c.source) for c in cells if c.cell_type == "code"
+    ), "the learner's notebook never imports its solutions: the Grader loads them only when asked"

@@ -128,6 +128,32 @@ def _check_lab_starting_point(r: dict) -> None:
     assert r["failed"] and all(r["hints"].get(name, "").strip() for name in r["failed"])
 
 
+# Notebooks whose "Your turn" exercises are graded (servelab.course.exercises), with at least this many each.
+MIN_EXERCISES = 2
+EXERCISE_NOTEBOOKS = {
+    "01_engine_comparison",
+    "02_deploy_vllm",
+    "03_llamacpp_on_cpu",
+    "04_quantization_paged_attention",
+    "05_benchmarking",
+    "06_monitoring_alerting",
+    "07_autoscaling_cost",
+    "08_production_practices",
+}
+
+
+def _check_exercises(r: dict) -> None:
+    """Run as shipped with ``check_reference_solutions``: each exercise's untouched answer fails with a hint
+    for every failed check (proof the check can fail), and its reference solution passes every check."""
+    graded = r.get("exercises", {})
+    assert len(graded) >= MIN_EXERCISES, f"{len(graded)} graded exercises: {sorted(graded)}"
+    for name, entry in graded.items():
+        assert entry["checks_passed"] < entry["checks_total"], f"{name}: the untouched answer passes"
+        assert all(entry["hints"].get(check, "").strip() for check in entry["failed"]), f"{name}: a hint is missing"
+        reference = entry["reference"]
+        assert reference["checks_passed"] == reference["checks_total"] >= 1, f"{name}: {reference['hints']}"
+
+
 def _check_02_deploy_vllm(r: dict) -> None:
     assert 0 < r["vllm_ready_s"] < 600
     assert r["chat_answer"].strip()
@@ -372,6 +398,8 @@ def test_notebook_runs_and_records_sane_figures(notebook: Path, state: str, note
     out.parent.mkdir(parents=True, exist_ok=True)
     marker = uuid.uuid4().hex
     lab = ["-p", "use_reference_solution", "True"] if state == "solution" else []
+    if name in EXERCISE_NOTEBOOKS:
+        lab += ["-p", "check_reference_solutions", "True"]
     lab += PARAMETERS.get(name, [])
     cmd = [
         sys.executable,
@@ -414,4 +442,7 @@ def test_notebook_runs_and_records_sane_figures(notebook: Path, state: str, note
     assert proc.returncode == 0 and not errors, f"{notebook.name} failed: {errors}\n{log[-3000:]}"
     mismatches = _output_mismatches(nbformat.read(notebook, as_version=4), nbformat.read(out, as_version=4))
     assert not mismatches, f"{notebook.name}: " + "\n".join(mismatches)
-    (_check_lab_starting_point if untouched else EXPECTATIONS[name])(results.load(name))
+    recorded = results.load(name)
+    (_check_lab_starting_point if untouched else EXPECTATIONS[name])(recorded)
+    if name in EXERCISE_NOTEBOOKS:
+        _check_exercises(recorded)
