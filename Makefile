@@ -2,7 +2,7 @@
 #   make lab    set up (once) and open JupyterLab on 00_preflight
 #   make test   set up (once) and run the whole suite, every notebook included (.ci/run calls this)
 # and, while working on the code:
-#   make unit   the unit lane only (tests/unit: no engines, no servers), about a minute
+#   make unit   the unit lane only (tests/unit: no engines, no servers), under a minute and a half
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 ENV_DIR ?= .venv

@@ -1,4 +1,4 @@
-"""``servelab preflight``: is this machine ready for the lab?"""
+"""``servelab preflight`` (is this machine ready for the lab?) and ``servelab course`` (the instructor's files)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import typer
 from rich.table import Table
 
 from servelab.cli.console import console
+
+app = typer.Typer(help="Files for instructors, generated from the kit.", no_args_is_help=True)
 
 
 def preflight(engines: bool = typer.Option(True, help="also start each engine and ask it once")) -> None:
@@ -20,3 +22,11 @@ def preflight(engines: bool = typer.Option(True, help="also start each engine an
     console.print(table)
     if not pf.all_ok(checks):
         raise typer.Exit(1)
+
+
+@app.command("guide")
+def guide() -> None:
+    """Rewrite docs/facilitator-guide.md from the notebooks' openings and the reference results."""
+    from servelab.course import facilitator
+
+    console.print(f"wrote {facilitator.write_markdown()}")
