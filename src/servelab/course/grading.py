@@ -30,6 +30,18 @@ def report(checks: list[LabCheck], lab: str) -> pd.DataFrame:
     return verdict(checks)
 
 
+def raised(name: str, err: Exception, on: str | None = None) -> LabCheck:
+    """The failed check ``name`` for an answer that raised ``err`` (``on`` the case it was given): the
+    learner's code crashing is feedback, shown as a hint, never a traceback."""
+    said = f"On {on} your answer raised" if on else "Your answer raised"
+    return LabCheck(name, False, f"{said} {type(err).__name__}: {err}")
+
+
+def as_sentence(advice: str) -> str:
+    """Advice as a sentence of its own inside a hint."""
+    return advice[:1].upper() + advice[1:] + "."
+
+
 def score(checks: list[LabCheck]) -> dict[str, Any]:
     """What a results file records of a graded attempt: counts, the failed checks and their hints."""
     failed = [c for c in checks if not c.ok]

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from servelab import paths, results
-from servelab.course.grading import LabCheck, score, verdict
+from servelab.course.grading import LabCheck, raised, score, verdict
 from servelab.errors import ServelabError
 
 T = TypeVar("T")
@@ -53,7 +53,7 @@ def _attempt(check: Callable[[T], list[LabCheck]], answer: T, exercise: str) -> 
     except NotAnswered:
         return [LabCheck(f"{exercise}: answered", False, "Not written yet: replace the placeholder, then run again.")]
     except Exception as err:  # noqa: BLE001 -- the learner's code: whatever it raises is feedback, a hint
-        return [LabCheck(f"{exercise}: runs", False, f"Your answer raised {type(err).__name__}: {err}")]
+        return [raised(f"{exercise}: runs", err)]
 
 
 class Grader:

@@ -24,7 +24,7 @@ import numpy as np
 
 from servelab.bench.stats import BenchResult, RequestRecord, bootstrap_interval, goodput_knee, meets_slo, resolves
 from servelab.course.exercises.grader import NotAnswered
-from servelab.course.grading import LabCheck
+from servelab.course.grading import LabCheck, as_sentence, raised
 
 TpotAndItl = Callable[[float, list[float], float, int], Any]
 GoodputAndKnee = Callable[[Mapping[int, BenchResult], float, float], Any]
@@ -59,15 +59,6 @@ def _show(value: Any) -> str:
             ("(" if isinstance(value, tuple) else "[") + ", ".join(items) + (")" if isinstance(value, tuple) else "]")
         )
     return repr(value)[:80]
-
-
-def _sentence(advice: str) -> str:
-    """Advice as a sentence of its own inside a hint."""
-    return advice[:1].upper() + advice[1:] + "."
-
-
-def _raised(exercise: str, err: Exception, what: str) -> LabCheck:
-    return LabCheck(f"{exercise}: runs", False, f"On {what} your answer raised {type(err).__name__}: {err}")
 
 
 # --- Your turn 1: TPOT and ITL from the clock readings -------------------------------------------------
@@ -158,7 +149,7 @@ def check_tpot_and_itl(answer: TpotAndItl, records: Sequence[RequestRecord]) -> 
         except NotAnswered:
             raise
         except Exception as err:  # noqa: BLE001 -- the learner's code: what it raises is the hint
-            return [_raised("tpot_and_itl", err, f"request {record.index}")]
+            return [raised("tpot_and_itl: runs", err, f"request {record.index}")]
         if not (isinstance(got, tuple | list) and len(got) == 2):
             return [
                 LabCheck("tpot_and_itl: returns (tpot, itl)", False, f"Return a pair (tpot, itl); got {_show(got)}.")
@@ -168,7 +159,7 @@ def check_tpot_and_itl(answer: TpotAndItl, records: Sequence[RequestRecord]) -> 
             advice = _tpot_mistake(tpot, readings) or "compare with the definition in section 1"
             tpot_bad = (
                 f"Request {record.index} (sent at {record.start_s:.3f} s, {readings.output_tokens} tokens): "
-                f"your TPOT is {_show(tpot)}, the harness's {record.tpot_s:.6f} s. {_sentence(advice)}"
+                f"your TPOT is {_show(tpot)}, the harness's {record.tpot_s:.6f} s. {as_sentence(advice)}"
             )
         gaps = _as_list(itl)
         if itl_bad is None and not _all_close(gaps, record.itl_s):
@@ -176,7 +167,7 @@ def check_tpot_and_itl(answer: TpotAndItl, records: Sequence[RequestRecord]) -> 
             advice = _itl_mistake(gaps, readings, record.itl_s) or "one gap per pair of consecutive chunks"
             itl_bad = (
                 f"Request {record.index} (sent at {record.start_s:.3f} s): you gave {len(gaps)} gaps, the harness "
-                f"{len(record.itl_s)} (from {len(readings.chunk_times)} chunks). {_sentence(advice)}"
+                f"{len(record.itl_s)} (from {len(readings.chunk_times)} chunks). {as_sentence(advice)}"
             )
     one = RequestRecord.from_timestamps(0, 0.0, [0.2], 0.25, output_tokens=1)
     try:
@@ -240,7 +231,7 @@ def check_goodput_and_knee(
     except NotAnswered:
         raise
     except Exception as err:  # noqa: BLE001 -- the learner's code: what it raises is the hint
-        return [_raised("goodput_and_knee", err, "this run's sweep")]
+        return [raised("goodput_and_knee: runs", err, "this run's sweep")]
     if not (isinstance(got, tuple | list) and len(got) == 2 and isinstance(got[0], Mapping)):
         return [
             LabCheck(
@@ -277,7 +268,7 @@ def check_goodput_and_knee(
             goodput_hint = (
                 f"At C={level} you have {_show(goodput[level])}, the harness {want:.4f} req/s "
                 f"({sum(meets_slo(r, slo_ttft_s, slo_tpot_s) for r in run.records)} of {len(run.records)} requests "
-                f"within the SLO over the run's duration_s). {_sentence(advice)}"
+                f"within the SLO over the run's duration_s). {as_sentence(advice)}"
             )
             break
     by_throughput = max(runs, key=lambda level: runs[level].summary["output_token_throughput"])
@@ -297,7 +288,7 @@ def check_goodput_and_knee(
             advice = "on a tie the lower level wins: the same useful work at less latency"
         else:
             advice = "the knee is the level with the highest goodput (the lower one on a tie)"
-        knee_hint = f"Your knee is {_show(knee)}, the harness's {_show(want_knee)}. {_sentence(advice)}"
+        knee_hint = f"Your knee is {_show(knee)}, the harness's {_show(want_knee)}. {as_sentence(advice)}"
     return [
         LabCheck(
             f"goodput_and_knee: goodput at all {len(expected)} levels matches the harness",
@@ -329,7 +320,7 @@ def check_p99_with_n(answer: P99WithN, samples: Mapping[str, list[float | None]]
         except NotAnswered:
             raise
         except Exception as err:  # noqa: BLE001 -- the learner's code: what it raises is the hint
-            return [_raised("p99_with_n", err, name)]
+            return [raised("p99_with_n: runs", err, name)]
         if not (isinstance(got, Mapping) and set(_P99_KEYS) <= set(got)):
             return [
                 LabCheck(
@@ -355,7 +346,7 @@ def check_p99_with_n(answer: P99WithN, samples: Mapping[str, list[float | None]]
                 else "use numpy's percentile (linear), as the harness does"
             )
             bad["p99"] = (
-                f"{name} (n={n}): your P99 is {_show(got['p99'])}, the harness's {p99:.6f}. {_sentence(advice)}"
+                f"{name} (n={n}): your P99 is {_show(got['p99'])}, the harness's {p99:.6f}. {as_sentence(advice)}"
             )
         if "interval" not in bad:
             have = got["interval"]

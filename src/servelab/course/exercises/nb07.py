@@ -23,7 +23,7 @@ from itertools import combinations
 from typing import Any
 
 from servelab.course.exercises.grader import NotAnswered
-from servelab.course.grading import LabCheck
+from servelab.course.grading import LabCheck, as_sentence, raised
 from servelab.course.labs import autoscaling
 from servelab.k8s import autoscale, shipped
 from servelab.paths import manifests_path
@@ -247,10 +247,6 @@ def _mistakes(row: Mapping[str, Any], offer: cost.Offer, utilization: float) -> 
     return [(f, advice) for f, advice in factors if not math.isclose(f, 1.0, rel_tol=1e-3)]
 
 
-def _sentence(advice: str) -> str:
-    return advice[:1].upper() + advice[1:] + "."
-
-
 def _diagnose(ratio: float, mistakes: Sequence[tuple[float, str]]) -> str:
     """The fewest classic mistakes whose product explains ``ratio`` (yours / right), as advice."""
     for size in (1, 2, 3):
@@ -270,7 +266,7 @@ def _cost_case(
     except NotAnswered:
         raise
     except Exception as err:  # noqa: BLE001 -- the learner's code: what it raises is the feedback
-        return LabCheck(name, False, f"On {offer.instance} your answer raised {type(err).__name__}: {err}")
+        return raised(name, err, offer.instance)
     quote = offer.on_demand
     when = f"as of {quote.as_of}" if quote.as_of else f"undated, read {quote.retrieved}"
     case = (
@@ -282,7 +278,9 @@ def _cost_case(
     if math.isclose(got, expected, rel_tol=0.01):
         return LabCheck(name, True, "")
     advice = _diagnose(got / expected, _mistakes(row, offer, utilization)) if got > 0 else "a cost is above 0"
-    return LabCheck(name, False, f"{case}: ${expected:.4f} per 1M output tokens, yours ${got:.4f}. {_sentence(advice)}")
+    return LabCheck(
+        name, False, f"{case}: ${expected:.4f} per 1M output tokens, yours ${got:.4f}. {as_sentence(advice)}"
+    )
 
 
 def check_usd_per_million_output_tokens(
