@@ -257,9 +257,14 @@ EXPECTATIONS: dict[str, Callable[[dict], None]] = {
     "08_production_practices": _check_08_production_practices,
     "09_claims_ledger": _check_09_claims_ledger,
     "lab01_fix_the_seed_deployment": _check_lab_passed,
+    "lab02_the_probe_that_gives_up": _check_lab_passed,
+    "lab03_the_pod_that_gets_oomkilled": _check_lab_passed,
+    "lab04_the_server_that_preempts": _check_lab_passed,
     "lab05_the_benchmark_that_lies": _check_lab_passed,
     "lab06_the_alert_that_never_fires": _check_lab_passed,
     "lab07_the_autoscaler_that_never_scales": _check_lab_passed,
+    "lab08_the_gateway_that_leaks": _check_lab_passed,
+    "lab09_capstone_serve_an_slo": _check_lab_passed,
 }
 
 

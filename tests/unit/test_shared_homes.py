@@ -90,10 +90,14 @@ def test_find_looks_beside_this_python(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_preflight_checks_every_tool_the_notebooks_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(binaries.shutil, "which", lambda name: f"/bin/{name}" if name != "kubectl" else None)
     monkeypatch.setattr(binaries.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(binaries, "llamacpp_bin_dir", lambda: tmp_path / "llama.cpp")
     checks = {c.name.split(" (")[0]: c for c in preflight.check_tools()}
-    assert set(checks) == {"prometheus", "promtool", "alertmanager / prometheus-alertmanager", "kubectl"}
+    llama = {"llama-server", "llama-bench", "llama-perplexity"}
+    assert set(checks) == {"prometheus", "promtool", "alertmanager / prometheus-alertmanager", "kubectl", *llama}
     assert checks["alertmanager / prometheus-alertmanager"].ok and not checks["kubectl"].ok
     assert "kubectl" in checks["kubectl"].fix
+    # llama.cpp's programs are looked for only where `make setup` compiles them, never on PATH.
+    assert not any(checks[t].ok for t in llama) and all("make setup" in checks[t].fix for t in llama)
 
 
 # --- one quantity parser ------------------------------------------------------------------------------

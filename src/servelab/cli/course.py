@@ -26,7 +26,9 @@ def preflight(engines: bool = typer.Option(True, help="also start each engine an
 
 @app.command("guide")
 def guide() -> None:
-    """Rewrite docs/facilitator-guide.md from the notebooks' openings and the reference results."""
-    from servelab.course import facilitator
+    """Rewrite docs/facilitator-guide.md and the README map's time columns from the notebooks' openings
+    and the reference results."""
+    from servelab.course import course_map, facilitator
 
     console.print(f"wrote {facilitator.write_markdown()}")
+    console.print(f"wrote {course_map.write()} (the notebook map's times)")

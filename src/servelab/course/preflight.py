@@ -139,8 +139,7 @@ def check_tools() -> list[Check]:
     """Each OS tool the kit runs, found the way the code that starts it finds it (:mod:`servelab.binaries`)."""
     checks = []
     for tool, spec in binaries.TOOLS.items():
-        # llama.cpp's own programs: no notebook runs them yet, and `make setup` compiles them with the binding.
-        if spec.optional or spec.kit_built:
+        if spec.optional:
             continue
         path = binaries.find(tool)
         checks.append(
