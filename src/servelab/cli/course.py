@@ -1,9 +1,13 @@
-"""``servelab preflight`` (is this machine ready for the lab?) and ``servelab course`` (the instructor's files)."""
+"""``servelab preflight`` (is this machine ready for the lab?) and ``servelab course`` (the instructor's files:
+the facilitator guide, and the glossary links every notebook carries)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from servelab.cli.console import console
 
@@ -32,3 +36,39 @@ def guide() -> None:
 
     console.print(f"wrote {facilitator.write_markdown()}")
     console.print(f"wrote {course_map.write()} (the notebook map's times)")
+
+
+@app.command("glossary")
+def glossary(
+    paths: list[Path] = typer.Argument(None, help="notebooks or labs (default: every one under notebooks/ and labs/)"),
+    fix: bool = typer.Option(False, "--fix", help="insert the missing first-use links and drop repeated ones"),
+) -> None:
+    """Check that every notebook links each docs/glossary.md term on its first use; exit 1 if one does not."""
+    from servelab.course import glossary as gl
+
+    problems = gl.glossary_problems(gl.glossary_path().read_text(encoding="utf-8"))
+    for problem in problems:
+        console.print(f"{gl.GLOSSARY}: {problem}", markup=False, soft_wrap=True)
+    notebooks = paths or gl.notebook_paths()
+    left = []
+    if fix:
+        table = Table("notebook", "links inserted", "repeated links removed", "paths corrected")
+        for path in notebooks:
+            result = gl.fix_notebook(path)
+            table.add_row(path.name, str(result.inserted), str(result.unlinked), str(result.repathed))
+            left += result.left
+        console.print(table)
+        console.print("markdown cells changed through nbformat; run `ruff format` on the notebooks before committing")
+    else:
+        left = [p for path in notebooks for p in gl.check_notebook(path)]
+    if left:
+        table = Table("notebook", "cell", "problem", "text", "anchor")
+        for p in left:
+            table.add_row(p.path.name, str(p.cell), p.kind, Text(p.text), f"#{p.anchor}")
+        console.print(table)
+        if not fix:
+            console.print(f"`{gl.FIX_COMMAND}` inserts the missing links; an unknown anchor needs a person")
+    if problems or left:
+        raise typer.Exit(1)
+    if not fix:
+        console.print(f"every term of {gl.GLOSSARY} is linked on its first use in {len(notebooks)} notebooks")
