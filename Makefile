@@ -33,13 +33,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: lab test unit lint setup env llamacpp model os-tools preflight leftovers clean
+.PHONY: lab test unit lint book setup env llamacpp model os-tools preflight leftovers clean
 
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ROOT) notebooks/00_preflight.ipynb $(LAB_ARGS)
 
 # The whole suite, once: lint, then tests/unit, tests/live, tests/notebooks (each notebook runs once, through
-# papermill). Set-up runs first, timed on its own: seconds when everything is already in place.
+# papermill), tests/publish (the book, from those executed notebooks, in headless Chromium). Set-up runs first,
+# timed on its own: seconds when everything is already in place.
 test:
 	@began=$$(date +%s); $(MAKE) --no-print-directory setup || exit $$?; \
 	  echo "set-up took $$(( $$(date +%s) - began )) s"
@@ -57,6 +58,11 @@ lint: env
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The course as a static HTML book (build/book/html/index.html) from the notebooks `make test` executed
+# (artifacts/notebooks/): it runs no notebook, and stops with "run make test first" when a copy is missing.
+book: env
+	$(BIN)/python -m servelab.course.book
 
 setup: env llamacpp os-tools model
 
@@ -79,8 +85,11 @@ $(STAMP): $(LOCK) pyproject.toml
 llamacpp: env
 	@$(BUILD_LLAMACPP)
 
-# Prometheus + promtool + Alertmanager (notebook 06, rule and alerting tests) from the OS when we can;
-# otherwise say how. Debian names the Alertmanager binary prometheus-alertmanager.
+# Prometheus + promtool + Alertmanager (notebook 06, rule and alerting tests) and headless Chromium (the book's
+# browser test) from the OS when we can; otherwise say how. Debian names the Alertmanager binary
+# prometheus-alertmanager; Chromium is Debian's own package (Ubuntu's apt one only installs a snap).
+# The seed document is in Chinese: a small CJK font, so the book's screenshots show its words, not boxes.
+CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 os-tools:
 	@if command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 	  { command -v alertmanager || command -v prometheus-alertmanager; } >/dev/null; then :; \
@@ -92,6 +101,17 @@ os-tools:
 	  echo "NOTE: prometheus/promtool/alertmanager not found. Install them: 'sudo apt-get install prometheus"; \
 	  echo "      prometheus-alertmanager' (Debian/Ubuntu) or 'conda install -c conda-forge prometheus' plus the"; \
 	  echo "      alertmanager binary of a Prometheus release on PATH. Notebook 06 and the alerting tests need them."; \
+	fi
+	@if [ -n "$$SERVELAB_CHROMIUM" ] || { [ -x /usr/bin/chromium ] && [ -f $(CJK_FONT) ]; }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && grep -qE '^ID="?debian"?$$' /etc/os-release; then \
+	  echo "Installing chromium (headless, for the book's browser test) from the OS packages (~25 s, ~400 MB)..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-wqy-microhei >/dev/null; \
+	elif [ -x /usr/bin/chromium ]; then :; \
+	else \
+	  echo "NOTE: /usr/bin/chromium not found. Install it: 'sudo apt-get install chromium fonts-wqy-microhei' (Debian;"; \
+	  echo "      Ubuntu's package is a snap wrapper), or point SERVELAB_CHROMIUM at a Chromium or Chrome binary. The book's"; \
+	  echo "      browser test (tests/publish/test_book.py) needs it."; \
 	fi
 
 model: env

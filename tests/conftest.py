@@ -1,12 +1,14 @@
 """The suite's one conftest: hooks, lane order and the servers the live tests share.
 
 Lanes (directories): ``tests/unit`` (no server of any kind: run with ``make unit``), ``tests/live``
-(real engines, Prometheus, Alertmanager, the gateway, stub servers) and ``tests/notebooks`` (every
-notebook through papermill, and the notebooks' conventions).
+(real engines, Prometheus, Alertmanager, the gateway, stub servers), ``tests/notebooks`` (every
+notebook through papermill, and the notebooks' conventions) and ``tests/publish`` (the course book,
+built from the notebooks that lane executed, in a headless browser).
 
 - Each run gets a SERVELAB_SESSION id, inherited by everything it starts.
-- Items run lane by lane: unit, live, notebooks; the leftover-process test always runs last, after
-  every notebook, so it sees what the whole suite left behind.
+- Items run lane by lane: unit, live, notebooks, publish (the book needs every notebook's executed
+  copy, so it comes after them); the leftover-process test always runs last, after every notebook, so
+  it sees what the whole suite left behind.
 - A unit test that starts a server (anything through servelab.procs.ManagedServer) fails: move it to
   tests/live/.
 - Shared servers: ``llamacpp_engine`` and ``vllm_engine`` (default options) and ``prometheus`` (a
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 TESTS = Path(__file__).resolve().parent
 LAST = "test_no_server_process_left_behind"
-LANES = {"unit": 0, "live": 1, "notebooks": 2}
+LANES = {"unit": 0, "live": 1, "notebooks": 2, "publish": 3}
 
 
 def _lane(item: pytest.Item) -> str | None:
