@@ -1,12 +1,15 @@
-"""Both real engines, started through servelab, really serve the same model."""
+"""Both real engines, started through servelab, really serve the same model: vLLM and llama.cpp's native
+llama-server, as notebook 00 compares them (llama-cpp-python's server, which notebook 03 and the gateway's
+replicas still start, is checked here too)."""
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from servelab.engines import agreement, model
-from servelab.engines.launch import Engine, LlamaCppOptions, start_vllm
+from servelab.engines.launch import Engine, LlamaCppOptions, start_llama_server, start_vllm
 from servelab.errors import ServelabError
 from servelab.k8s import autoscalers
 from servelab.observe import alerts, dashboard, metrics
@@ -20,6 +23,13 @@ MIN_FIRST_TOKEN_AGREEMENT = 0.75  # measured 11/12 here (one near-tie flips); a 
 def llama(llamacpp_engine: Engine) -> Engine:
     """The suite's shared llama.cpp server (tests/conftest.py), default options."""
     return llamacpp_engine
+
+
+@pytest.fixture
+def llama_server() -> Iterator[Engine]:
+    """llama.cpp's native server with the kit's default options (ready in about a second, so not shared)."""
+    with start_llama_server() as engine:
+        yield engine
 
 
 @pytest.fixture
@@ -56,8 +66,8 @@ def test_vllm_answers_and_exports_v1_metrics(vllm: Engine) -> None:
         assert name in metrics
 
 
-def test_both_engines_serve_the_same_model(llama: Engine, vllm: Engine) -> None:
-    rows = agreement.compare(llama, vllm)
+def test_both_engines_serve_the_same_model(llama_server: Engine, vllm: Engine) -> None:
+    rows = agreement.compare(llama_server, vllm)
     rate = agreement.agreement_rate(rows)
     assert len(rows) >= 10
     assert rate >= MIN_FIRST_TOKEN_AGREEMENT, [(r.prompt, r.first, r.second) for r in rows]
@@ -77,13 +87,14 @@ def test_vllm_with_a_missing_model_fails_with_its_log() -> None:
 
 
 def test_every_metric_an_alert_rule_names_is_exported_by_the_live_server(vllm: Engine) -> None:
-    """Public rule sets ship names vLLM never exported (e.g. vllm:num_preemptions); ours must all exist."""
+    """Public rule sets ship names vLLM never exported (e.g. vllm:num_preemptions); ours must all exist.
+    vLLM's group only: the llama.cpp rules are checked on llama-server (tests/live/test_llama_server_queue.py)."""
     vllm.complete("warm the histograms", max_tokens=2)
     text = metrics.scrape(vllm.url + "/metrics")
     exported = {name for name, _, _ in metrics.samples(text)} | set(metrics.families(text))
     missing = {
         rule: sorted(n for n in names if n not in exported and n != "up")
-        for rule, names in alerts.rule_metric_names().items()
+        for rule, names in alerts.rule_metric_names(group=alerts.VLLM_GROUP).items()
     }
     assert not any(missing.values()), missing
 

@@ -8,7 +8,8 @@ from servelab.cli.console import console, fail
 from servelab.errors import ServelabError
 
 alerts_app = typer.Typer(
-    help="vLLM alert rules: render from the one source, check and test with promtool.", no_args_is_help=True
+    help="vLLM and llama.cpp alert rules: render from the one source, check and test with promtool.",
+    no_args_is_help=True,
 )
 dashboard_app = typer.Typer(
     help="The vLLM Grafana dashboard, generated from servelab.observe.dashboard.", no_args_is_help=True

@@ -96,13 +96,16 @@ class HPASpec:
         is an ``AverageValue``; behavior fields left out take the documented defaults, as the API server does."""
         doc = yaml.safe_load(Path(source).read_text()) if isinstance(source, (str, Path)) else source
         if not isinstance(doc, dict) or doc.get("kind") != "HorizontalPodAutoscaler":
-            raise ServelabError(f"{source} is not a HorizontalPodAutoscaler.", "pass manifests/vllm/base/hpa.yaml")
+            raise ServelabError(
+                f"{source} is not a HorizontalPodAutoscaler.",
+                "pass manifests/vllm/base/hpa.yaml (or manifests/llamacpp/hpa.yaml)",
+            )
         spec = doc["spec"]
         metrics = spec.get("metrics") or []
         if len(metrics) != 1 or metrics[0].get("type") not in ("Pods", "External"):
             raise ServelabError(
                 "Only an HPA with exactly one Pods or External metric is supported here.",
-                "the kit's HPA scales on vllm_num_requests_waiting alone",
+                "the kit's HPAs scale on one queue gauge alone (vllm_num_requests_waiting, llamacpp_requests_deferred)",
             )
         source_metric = metrics[0][metrics[0]["type"].lower()]
         target = source_metric["target"]

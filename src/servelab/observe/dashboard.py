@@ -242,7 +242,7 @@ def _options(panel: Panel) -> dict[str, Any]:
 
 def render_dashboard(thresholds: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The dashboard JSON model (what Grafana's "Import dashboard" or its sidecar takes) as a dict."""
-    alert_names = "|".join(rule.name for rule in alerts.load_rules())
+    alert_names = "|".join(rule.name for rule in alerts.load_rules(group=alerts.VLLM_GROUP))  # a vLLM dashboard
     built = []
     for number, panel in enumerate(panels(thresholds), start=1):
         x, y, w, h = panel.grid

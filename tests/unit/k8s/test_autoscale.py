@@ -142,6 +142,21 @@ def test_reads_the_kits_hpa_manifest() -> None:
     assert spec.scale_down == ScalingRules(600, (ScalingPolicy("Pods", 1, 120),), "Max")
 
 
+def test_reads_the_llamacpp_hpa_manifest_and_scales_on_deferred_requests() -> None:
+    """llama.cpp's HPA: the same policy as vLLM's, on the deferred requests per pod. A pod with every slot
+    busy and nothing deferred reads 0: the HPA sees no queue until a request waits for a slot."""
+    spec = HPASpec.from_manifest(ROOT / "manifests" / "llamacpp" / "hpa.yaml")
+    vllm = HPASpec.from_manifest(ROOT / "manifests" / "vllm" / "base" / "hpa.yaml")
+    assert (spec.min_replicas, spec.max_replicas, spec.target) == (2, 10, 0.5)
+    assert spec.metric == "llamacpp_requests_deferred"
+    assert (spec.scale_up, spec.scale_down) == (vllm.scale_up, vllm.scale_down)
+    assert pods_metric_replicas(2, [2, 1], spec.target) == 6  # 1.5 deferred per pod: 3 x the target
+    assert pods_metric_replicas(2, [0, 0], spec.target) == 0  # all 4 slots busy, none deferred: scale down
+    hpa = HorizontalPodAutoscaler(spec)
+    assert hpa.sync(0, 2, pods_metric_replicas(2, [2, 1], spec.target)) == 4  # +2 pods per minute
+    assert hpa.sync(15, 4, 6) == 4 and hpa.sync(60, 4, 6) == 6
+
+
 def test_manifest_behavior_left_out_takes_the_documented_defaults() -> None:
     target = {"type": "AverageValue", "averageValue": "500m"}
     metric = {"type": "Pods", "pods": {"metric": {"name": "q"}, "target": target}}

@@ -1,7 +1,8 @@
 """servelab.k8s.autoscalers: what the HPA, prometheus-adapter and KEDA manifests read.
 
-Offline half of the check; tests/live/test_engines.py holds the live half (every name found here exists on
-a running vLLM's /metrics, and the adapter's rename is what the HPA asks for).
+Offline half of the check; tests/live/test_engines.py holds the live half for vLLM (every name found here
+exists on a running vLLM's /metrics, and the adapter's rename is what the HPA asks for), and
+tests/live/test_llama_server.py the same for llama.cpp's native llama-server.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import yaml
 from servelab.errors import ServelabError
 from servelab.k8s import autoscalers
 
-VLLM = Path(__file__).resolve().parents[3] / "manifests" / "vllm"
+MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"
+VLLM = MANIFESTS / "vllm"
 
 
 def test_the_kits_autoscaling_reads_the_real_queue_gauge() -> None:
@@ -26,6 +28,27 @@ def test_the_kits_autoscaling_reads_the_real_queue_gauge() -> None:
     assert all(names == {"vllm:num_requests_waiting"} for names in found.series.values())
     assert found.adapter_names == {"vllm:num_requests_waiting": "vllm_num_requests_waiting"}
     assert found.hpa_metrics == {"HPA vllm (hpa.yaml)": {"vllm_num_requests_waiting"}}
+
+
+def test_the_llamacpp_autoscaling_reads_the_real_deferred_gauge() -> None:
+    """manifests/llamacpp (HPA + adapter rule) and its KEDA alternative read llamacpp:requests_deferred,
+    and the adapter serves it under exactly the name the HPA asks for."""
+    found = autoscalers.autoscaling_metrics(MANIFESTS / "llamacpp")
+    assert found.series == {
+        "prometheus-adapter llamacpp-prometheus-adapter-rules/config.yaml rules[0]": {"llamacpp:requests_deferred"}
+    }
+    assert found.adapter_names == {"llamacpp:requests_deferred": "llamacpp_requests_deferred"}
+    assert found.hpa_metrics == {"HPA llamacpp (hpa.yaml)": {"llamacpp_requests_deferred"}}
+    keda = autoscalers.autoscaling_metrics(MANIFESTS / "llamacpp-keda")
+    assert keda.series == {"KEDA ScaledObject llamacpp triggers[0]": {"llamacpp:requests_deferred"}}
+    assert keda.hpa_metrics == {}  # KEDA creates its own HPA, on an External metric
+
+
+def test_no_adapter_rule_serves_a_name_another_engines_rule_serves() -> None:
+    """prometheus-adapter reads one config: the vLLM and llama.cpp rules go into it together."""
+    vllm = autoscalers.autoscaling_metrics(VLLM).adapter_names
+    llamacpp = autoscalers.autoscaling_metrics(MANIFESTS / "llamacpp").adapter_names
+    assert not set(vllm) & set(llamacpp) and not set(vllm.values()) & set(llamacpp.values())
 
 
 @pytest.mark.parametrize(

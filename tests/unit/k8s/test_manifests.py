@@ -62,6 +62,10 @@ def test_manifest_tree_is_complete() -> None:
         "llamacpp/deployment.yaml",
         "llamacpp/service.yaml",
         "llamacpp/pdb.yaml",
+        "llamacpp/hpa.yaml",
+        "llamacpp/prometheus-adapter-rules.yaml",
+        "llamacpp/servicemonitor.yaml",
+        "llamacpp-keda/scaledobject.yaml",
     ]:
         assert expected in names
 
@@ -112,6 +116,14 @@ def test_keda_variant_has_no_second_hpa() -> None:
     assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
 
 
+def test_llamacpp_keda_variant_replaces_its_hpa() -> None:
+    kinds = [d["kind"] for d in manifests.kustomize_build(MANIFESTS / "llamacpp-keda")]
+    assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds and "Deployment" in kinds
+    plain = [d["kind"] for d in manifests.kustomize_build(MANIFESTS / "llamacpp")]
+    assert plain.count("HorizontalPodAutoscaler") == 1 and "ScaledObject" not in plain
+    assert {"ServiceMonitor", "ConfigMap"} <= set(plain)
+
+
 def test_vllm_deployment_has_the_serving_essentials() -> None:
     spec = _deployment()["spec"]
     pod = spec["template"]["spec"]
@@ -153,6 +165,28 @@ def test_hpa_scales_on_the_adapter_metric_of_the_real_vllm_queue_gauge() -> None
     assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
     assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
     assert rule["metricsQuery"] == "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"
+
+
+def test_llamacpp_hpa_scales_on_the_adapter_metric_of_the_real_deferred_gauge() -> None:
+    llamacpp = MANIFESTS / "llamacpp"
+    hpa = manifests.load_documents(llamacpp / "hpa.yaml")[0]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "llamacpp_requests_deferred"
+    assert metric["pods"]["target"] == {"type": "AverageValue", "averageValue": "500m"}
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "llamacpp"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    config_map = manifests.load_documents(llamacpp / "prometheus-adapter-rules.yaml")[0]
+    (rule,) = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    assert rule["seriesQuery"] == '{__name__=~"^llamacpp:requests_deferred$",namespace!="",pod!=""}'
+    assert rule["name"]["as"] == metric["pods"]["metric"]["name"]
+    assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+    monitor = manifests.load_documents(llamacpp / "servicemonitor.yaml")[0]
+    service = manifests.load_documents(llamacpp / "service.yaml")[0]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    trigger = manifests.load_documents(MANIFESTS / "llamacpp-keda" / "scaledobject.yaml")[0]["spec"]["triggers"][0]
+    assert trigger["metadata"]["query"] == 'sum(llamacpp:requests_deferred{namespace="llm-serving", job="llamacpp"})'
+    assert trigger["metadata"]["threshold"] == "0.5"
 
 
 def test_keda_queries_the_same_queue() -> None:

@@ -6,6 +6,7 @@ slows down. Here the recommendation is recomputed from the shipped reference res
 (data/reference/measured/05_benchmarking.json, what notebook 07 reads when run alone) and compared
 with what the manifests ship; refreshing the reference results without updating the manifests (or the
 reverse) fails here. The GPU overlay is not measured by the kit, so only its presence is checked.
+llama.cpp's HPA is checked against its Deployment's --parallel: its queue starts where the slots end.
 """
 
 from __future__ import annotations
@@ -46,3 +47,25 @@ def test_the_queue_alert_is_derived_from_the_shipped_target() -> None:
 def test_every_overlay_sets_a_batch_limit() -> None:
     assert shipped.overlays() == ["cpu", "gpu"]
     assert all(shipped.max_num_seqs(o) for o in shipped.overlays())
+
+
+def test_llamacpp_ships_explicit_slots_and_a_target_below_them() -> None:
+    """llamacpp:requests_deferred counts requests waiting with every --parallel slot busy, so the HPA's
+    target is a queue beyond full batches. The slots are written out (llama-server's "auto" default is
+    4 slots with a unified cache, and an explicit --parallel alone would split the cache per slot), and
+    the target stays below them: at a target of one deferred request per slot every waiting request
+    waits for at least one whole answer to finish."""
+    parallel = shipped.llamacpp_parallel()
+    assert parallel == 4
+    args = shipped.llamacpp_args()
+    assert "--kv-unified" in args and "--metrics" in args
+    target = shipped.llamacpp_hpa_target()
+    assert 0 < target < parallel
+    limits = alerts.default_thresholds()
+    assert limits["llamacpp_hpa_queue_target"] == target
+    # the backlog alert pages on a queue still shorter than one round of the slots
+    assert limits["llamacpp_queue_threshold"] == target * limits["queue_target_factor"] <= parallel
+
+
+def test_llamacpp_keda_ships_the_hpas_target() -> None:
+    assert shipped.llamacpp_keda_threshold() == shipped.llamacpp_hpa_target()

