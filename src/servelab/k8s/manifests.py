@@ -173,6 +173,15 @@ def validate_document(doc: Any, source: str, k8s_versions: Sequence[str] = K8S_V
     return problems + [Problem(source, kind, name, msg, path=at) for at, msg in found]
 
 
+def distinct_problems(problems: Sequence[Problem]) -> list[str]:
+    """Each problem once, with the Kubernetes versions it occurs in: a missing field fails every schema alike."""
+    versions: dict[str, list[str]] = {}
+    for problem in problems:
+        at = f"{problem.path}: " if problem.path else ""
+        versions.setdefault(f"{at}{problem.message}", []).extend([problem.version] if problem.version else [])
+    return [f"{line} (Kubernetes {', '.join(v)})" if v else line for line, v in versions.items()]
+
+
 def _schema_problem(doc: Doc, source: str, version: str) -> Problem | None:
     """kubernetes-validate's verdict for one version, as a Problem (None when valid)."""
     kind, name = docs.identity(doc)

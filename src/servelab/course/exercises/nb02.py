@@ -21,11 +21,11 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
 import yaml
 
 from servelab.course.grading import LabCheck
 from servelab.k8s import docs, manifests
+from servelab.k8s import probes as k8s_probes
 from servelab.memory import kvcache
 from servelab.observe import metrics
 
@@ -195,49 +195,6 @@ def check_max_concurrency(answer: MaxConcurrency, text: str, vllm_log: str, max_
 
 # --- Your turn 3: a Deployment the running vLLM passes ----------------------------------------------
 
-PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
-VLLM_DEFAULT_PORT = 8000  # vllm serve's --port default
-PROBE_DEFAULTS = {"periodSeconds": 10, "failureThreshold": 3, "initialDelaySeconds": 0}  # Kubernetes' defaults
-
-
-def _vllm_port(container: Mapping[str, Any]) -> int | None:
-    """The port vLLM listens on: ``--port N`` or ``--port=N`` in the container's command or args."""
-    words = [str(w) for w in docs.listing(container.get("command")) + docs.listing(container.get("args"))]
-    for i, word in enumerate(words):
-        if word == "--port" and i + 1 < len(words):
-            return int(words[i + 1]) if words[i + 1].isdigit() else None
-        if word.startswith("--port="):
-            value = word.split("=", 1)[1]
-            return int(value) if value.isdigit() else None
-    return VLLM_DEFAULT_PORT
-
-
-def _probe_port(probe: Mapping[str, Any], container: Mapping[str, Any]) -> int | None:
-    """The container port an httpGet probe calls: a number, or the name of one of the container's ports."""
-    port = docs.get(probe, "httpGet.port")
-    if isinstance(port, int):
-        return port
-    for entry in docs.listing(container.get("ports")):
-        if isinstance(entry, dict) and entry.get("name") == port and isinstance(entry.get("containerPort"), int):
-            return int(entry["containerPort"])
-    return int(port) if isinstance(port, str) and port.isdigit() else None
-
-
-def _distinct(problems: list[manifests.Problem]) -> list[str]:
-    """Each problem once, with the Kubernetes versions it occurs in: a missing field fails every schema alike."""
-    versions: dict[str, list[str]] = {}
-    for problem in problems:
-        at = f"{problem.path}: " if problem.path else ""
-        versions.setdefault(f"{at}{problem.message}", []).extend([problem.version] if problem.version else [])
-    return [f"{line} (Kubernetes {', '.join(v)})" if v else line for line, v in versions.items()]
-
-
-def _status(url: str) -> str:
-    try:
-        return str(httpx.get(url, timeout=5).status_code)
-    except httpx.HTTPError as err:
-        return f"no answer ({type(err).__name__})"
-
 
 def check_vllm_deployment(answer: str, vllm_url: str, ready_s: float) -> list[LabCheck]:
     """Grade a Deployment (YAML text) for vLLM.
@@ -266,15 +223,18 @@ def check_vllm_deployment(answer: str, vllm_url: str, ready_s: float) -> list[La
         LabCheck(
             f"the kit's validator finds no problem (Kubernetes {', '.join(manifests.K8S_VERSIONS)})",
             not problems,
-            " | ".join(_distinct(problems)) + ". manifests/vllm/base/deployment.yaml passes the same validator.",
+            " | ".join(manifests.distinct_problems(problems))
+            + ". manifests/vllm/base/deployment.yaml passes the same validator.",
         )
     ]
     containers = [c for c in docs.listing(docs.get(deployment, "spec.template.spec.containers")) if isinstance(c, dict)]
     if not containers:
         return [*checks, LabCheck("a container", False, "spec.template.spec.containers lists no container.")]
     container = containers[0]
-    listens = _vllm_port(container)
-    probes = {name: docs.mapping(container.get(name)) for name in PROBES if isinstance(container.get(name), dict)}
+    listens = k8s_probes.listen_port(container)
+    probes = {
+        name: docs.mapping(container.get(name)) for name in k8s_probes.PROBES if isinstance(container.get(name), dict)
+    }
 
     asked, wrong_path, wrong_port = [], [], []
     for name, probe in probes.items():
@@ -282,14 +242,14 @@ def check_vllm_deployment(answer: str, vllm_url: str, ready_s: float) -> list[La
         if not isinstance(path, str):
             wrong_path.append(f"{name} has no httpGet.path")
             continue
-        status = _status(vllm_url + path)
+        status = k8s_probes.http_status(vllm_url + path)
         asked.append(f"{name} {path} -> {status}")
         if status != "200":
             wrong_path.append(f"{name} asks {path}, which the running vLLM answers {status}")
-        port = _probe_port(probe, container)
+        port = k8s_probes.probe_port(probe, container)
         if port is None or port != listens:
             wrong_port.append(f"{name} calls port {docs.get(probe, 'httpGet.port')!r} ({port})")
-    missing = [name for name in PROBES if name not in probes]
+    missing = [name for name in k8s_probes.PROBES if name not in probes]
     checks.append(
         LabCheck(
             "every probe asks a path the running vLLM answers 200",
@@ -309,7 +269,7 @@ def check_vllm_deployment(answer: str, vllm_url: str, ready_s: float) -> list[La
         )
     )
     startup = probes.get("startupProbe", {})
-    allowance = {key: startup.get(key, default) for key, default in PROBE_DEFAULTS.items()}
+    allowance = {key: startup.get(key, default) for key, default in k8s_probes.PROBE_DEFAULTS.items()}
     budget = (
         allowance["initialDelaySeconds"] + allowance["periodSeconds"] * allowance["failureThreshold"]
         if all(isinstance(v, int) for v in allowance.values())
