@@ -6,13 +6,13 @@ from typing import Any
 
 import pandas as pd
 
-from servelab.bench.workload import SMOLLM2_EOS_ID
-
 
 def forced_length_fields(n: int) -> dict[str, Any]:
-    """Cap the answer at n tokens and forbid the end-of-sequence token, so the model cannot stop before n:
-    llama.cpp's Python server has no ignore_eos, but it honours logit_bias."""
-    return {"max_tokens": n, "logit_bias": {str(SMOLLM2_EOS_ID): -100}}
+    """Cap the answer at n tokens and tell llama-server to ignore the end-of-sequence token, so the model
+    cannot stop before n (tools/server/README.md: ``ignore_eos``, which vLLM also takes). A logit bias that
+    forbids that token, ``{"logit_bias": {"2": -100}}``, works too; it is the only way on llama-cpp-python's
+    Python server, which has no ignore_eos."""
+    return {"max_tokens": n, "ignore_eos": True}
 
 
 def tpot_p50(records: pd.DataFrame) -> float:

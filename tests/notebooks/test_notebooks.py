@@ -43,6 +43,7 @@ def discover() -> list[Path]:
 
 def _check_00_preflight(r: dict) -> None:
     assert r["all_required_ok"] is True
+    assert r["llamacpp_server"] == "llama-server"  # llama.cpp's native server, the program the manifests deploy
     assert 0 < r["llamacpp_ready_s"] < 120
     assert 0 < r["vllm_ready_s"] < 600
     assert r["llamacpp_answer"].strip() and r["vllm_answer"].strip()
@@ -53,12 +54,19 @@ def _check_00_preflight(r: dict) -> None:
 def _check_01_engine_comparison(r: dict) -> None:
     rows = r["sweep"]
     assert {(x["engine"], x["concurrency"]) for x in rows} == {
-        (e, c) for e in ("llamacpp", "vllm") for c in r["levels"]
+        (e, c) for e in ("llama-server", "vllm") for c in r["levels"]
     }
     assert r["requests_failed"] == 0 and all(x["ok"] >= 4 for x in rows)
     assert all(0.5 < x["output_token_throughput"] < 5000 for x in rows)
-    assert r["llamacpp_ttft_growth"] > 1.5  # one request at a time: later users queue
+    # llama-server with one slot per user at the top level: its own counters show the slots sharing decode
+    # steps. Its throughput is only bounded from below (batching must not serve users slower than one at a
+    # time, beyond noise): on 2 AVX2 cores the quick profile's short answers are prefill- and compute-bound,
+    # and one clean run measured x1.02 from 1 to 8 users, another on a busier host x1.9.
+    assert r["llamacpp_server"] == "llama-server" and r["llamacpp_parallel"] == max(r["levels"])
+    assert r["llamacpp_busy_slots_per_decode"] > 1.5
+    assert r["llamacpp_scaling"] > 0.8
     assert r["vllm_scaling"] > 1.5  # continuous batching turns users into throughput
+    assert set(r["throughput_leader"].values()) <= {"llama-server", "vllm"}
 
 
 def _check_03_llamacpp_on_cpu(r: dict) -> None:

@@ -447,10 +447,19 @@ def run_benchmark(base_url: str, model: str, workload: Workload, **options: Any)
     )
 
 
-def _sweep(label: str, values: list[Any], run: Callable[[Any], BenchResult], save_dir: Any, name: str) -> pd.DataFrame:
+def _sweep(
+    label: str, values: list[Any], run: Callable[[Any, int], BenchResult], save_dir: Any, name: str, seed: int
+) -> pd.DataFrame:
+    """One run per value, the i-th with the workload seed ``seed + i``: each level gets prompts of its own.
+
+    With one seed for every level, a level would resend the prompts the previous level sent first, and a
+    server that keeps them (llama-server's slots reuse a cached prompt; vLLM's prefix cache) would answer
+    those from its cache: time to first token would fall as users rise. Two sweeps over the same values
+    (two engines) still send identical prompts, level by level.
+    """
     rows = []
-    for value in values:
-        result = run(value)
+    for i, value in enumerate(values):
+        result = run(value, seed + i)
         if save_dir is not None:
             result.save(save_dir, f"{name}-{label}{value:g}")
         rows.append({label: value, **result.summary})
@@ -474,16 +483,19 @@ def sweep_concurrency(
     Each level needs several requests per user to measure a steady state: with ``requests_per_user``
     a level of C users sends ``max(min_requests, requests_per_user * C)`` requests; otherwise
     ``num_requests`` from ``run_options`` applies to every level. ``run_options`` go to
-    :func:`run_benchmark`. With ``save_dir`` each run is also saved.
+    :func:`run_benchmark`; its ``seed`` (default 0) is the first level's, the next levels take the next
+    seeds, so no level resends another's prompts. With ``save_dir`` each run is also saved.
     """
+    options = dict(run_options)
+    seed = int(options.pop("seed", 0))
 
-    def run(c: int) -> BenchResult:
-        options = dict(run_options)
+    def run(c: int, level_seed: int) -> BenchResult:
+        level = dict(options, seed=level_seed)
         if requests_per_user is not None:
-            options["num_requests"] = max(min_requests, requests_per_user * c)
-        return run_benchmark(base_url, model, workload, concurrency=c, **options)
+            level["num_requests"] = max(min_requests, requests_per_user * c)
+        return run_benchmark(base_url, model, workload, concurrency=c, **level)
 
-    return _sweep("concurrency", list(levels), run, save_dir, name)
+    return _sweep("concurrency", list(levels), run, save_dir, name, seed)
 
 
 def sweep_rate(
@@ -499,12 +511,15 @@ def sweep_rate(
     """One open-loop run per request rate (req/s); one summary row per rate (column ``request_rate``).
 
     Pass ``concurrency`` in ``run_options`` to cap requests in flight, ``burstiness`` for burstier
-    arrivals.
+    arrivals. As in :func:`sweep_concurrency`, each rate takes the next seed after ``seed`` (default 0).
     """
+    options = dict(run_options)
+    seed = int(options.pop("seed", 0))
     return _sweep(
         "request_rate",
         list(rates),
-        lambda r: run_benchmark(base_url, model, workload, request_rate=r, **run_options),
+        lambda r, level_seed: run_benchmark(base_url, model, workload, request_rate=r, seed=level_seed, **options),
         save_dir,
         name,
+        seed,
     )

@@ -65,16 +65,17 @@ def engine_leftovers(kill: bool = typer.Option(False, help="stop them too")) -> 
 
 
 def same_model() -> None:
-    """Start both engines and compare their greedy first tokens on the kit's fixed prompts."""
+    """Start both engines (llama.cpp's native llama-server, as notebook 00 does, and vLLM) and compare their
+    greedy first tokens on the kit's fixed prompts."""
     from servelab.engines import agreement
-    from servelab.engines.launch import start_llamacpp, start_vllm
+    from servelab.engines.launch import start_llama_server, start_vllm
 
     try:
-        with start_llamacpp() as llama, start_vllm() as vllm:
+        with start_llama_server() as llama, start_vllm() as vllm:
             rows = agreement.compare(llama, vllm)
     except ServelabError as err:
         fail(err)
-    table = Table("prompt", "llama.cpp", "vLLM", "same")
+    table = Table("prompt", "llama-server", "vLLM", "same")
     for r in rows:
         table.add_row(r.prompt, repr(r.first), repr(r.second), "yes" if r.first_token_agrees else "no")
     console.print(table)

@@ -1,8 +1,9 @@
 """Is this machine ready for the lab? Each check says what it found and, when red, how to fix it.
 
 Used by ``notebooks/00_preflight.ipynb`` and ``servelab preflight``. Static checks are quick; the engine
-check really starts both engines and gets one completion from each, because an import that works
-is no proof that a server will answer.
+check really starts both engines (llama.cpp's native ``llama-server``, the program manifests/llamacpp
+deploys, and vLLM) and gets one completion from each, because an import that works is no proof that a
+server will answer.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def check_engines(ready_timeout: float = 600.0) -> list[Check]:
     from servelab.engines.launch import start_engine
 
     checks = []
-    for kind in ("llamacpp", "vllm"):
+    for kind in ("llama-server", "vllm"):
         try:
             with start_engine(kind, ready_timeout=ready_timeout) as engine:
                 checks.append(check_engine(engine))

@@ -1,9 +1,10 @@
 """Checks for the "Your turn" exercises of notebook 01 (engines compared).
 
 Each check grades what the answer does against what this run measured or what the real engine answers:
-the forced-length fields go to llama.cpp's running server and its ``usage`` counts the tokens; the TPOT
-function is compared with the harness's own figure for every run the sweep saved; the engine choice is
-compared with the choice this run's table implies. None of them compares the answer's text.
+the forced-length fields go to llama.cpp's running native server (``llama-server``), on both of its OpenAI
+endpoints, and its ``usage`` counts the tokens; the TPOT function is compared with the harness's own
+figure for every run the sweep saved; the engine choice is compared with the choice this run's table
+implies. None of them compares the answer's text.
 """
 
 from __future__ import annotations
@@ -23,42 +24,49 @@ if TYPE_CHECKING:
     from servelab.engines.launch import Engine
 
 # A question SmolLM2 answers in a few tokens and then ends with its end-of-sequence token, so a body that
-# only sets max_tokens gets a short answer: the lengths asked for are well past that natural end.
-FORCED_PROMPT = "What is 2+2? Reply with just the number."
+# only sets max_tokens gets a short answer: the lengths asked for are well past that natural end. The
+# completions endpoint gets the same question in SmolLM2's chat format (ChatML), written out by hand.
+FORCED_QUESTION = "What is 2+2? Reply with just the number."
+FORCED_PROMPTS: dict[str, dict[str, Any]] = {
+    "completions": {"prompt": f"<|im_start|>user\n{FORCED_QUESTION}<|im_end|>\n<|im_start|>assistant\n"},
+    "chat/completions": {"messages": [{"role": "user", "content": FORCED_QUESTION}]},
+}
 FORCED_LENGTHS = (12, 20)
 # A body whose cap is far above the length asked for would make the check wait for a long answer.
 MAX_TOKENS_FACTOR = 4
+# Fields that do not change an answer's length; any other the server did not act on is worth naming.
+_NEUTRAL_FIELDS = {"max_tokens", "n_predict", "temperature", "stream", "seed", "top_p", "top_k"}
 # How close a TPOT must be to the harness's: the same formula agrees to rounding; dividing by the token
 # count instead of the gaps between tokens is off by about one part in the answer's length.
 TPOT_RELATIVE_TOLERANCE = 0.005
 
 
-def _forced_length_once(fields: dict[str, Any], engine: Engine, n: int) -> LabCheck:
-    name = f"llama.cpp answers exactly {n} tokens"
-    cap = fields.get("max_tokens")
-    if not isinstance(cap, int) or not 0 < cap <= MAX_TOKENS_FACTOR * n:
+def _cap(fields: dict[str, Any]) -> Any:
+    """The answer's token cap: OpenAI's ``max_tokens``, or llama-server's own name for it, ``n_predict``."""
+    return fields.get("max_tokens", fields.get("n_predict"))
+
+
+def _forced_length_once(fields: dict[str, Any], engine: Engine, endpoint: str, n: int) -> LabCheck:
+    name = f"llama-server's /v1/{endpoint} answers exactly {n} tokens"
+    cap = _cap(fields)
+    if not isinstance(cap, int) or isinstance(cap, bool) or not 0 < cap <= MAX_TOKENS_FACTOR * n:
         return LabCheck(
             name,
             False,
             f"max_tokens is {cap!r}: without a cap of n the server writes until its context is full "
             f"(or past n). Set max_tokens to n, then make the model unable to stop before it.",
         )
-    body = {
-        "model": engine.served_model,
-        "messages": [{"role": "user", "content": FORCED_PROMPT}],
-        "temperature": 0.0,
-        **fields,
-    }
+    body = {"model": engine.served_model, "temperature": 0.0, **FORCED_PROMPTS[endpoint], **fields}
     try:
-        response = httpx.post(engine.base_url + "/chat/completions", json=body, timeout=180, trust_env=False)
+        response = httpx.post(f"{engine.base_url}/{endpoint}", json=body, timeout=180, trust_env=False)
     except httpx.HTTPError as err:
-        return LabCheck(name, False, f"the request failed ({type(err).__name__}: {err}); is llama.cpp running?")
+        return LabCheck(name, False, f"the request failed ({type(err).__name__}: {err}); is llama-server running?")
     if response.status_code != 200:
         return LabCheck(
             name,
             False,
-            f"llama.cpp refused the body with HTTP {response.status_code}: {response.text[:200]}. "
-            "Check the field names and value types against the server's API.",
+            f"llama-server refused the body with HTTP {response.status_code}: {response.text[:200]}. "
+            "Check the field names and value types against its request options (tools/server/README.md).",
         )
     answer = response.json()
     tokens = answer.get("usage", {}).get("completion_tokens")
@@ -66,26 +74,30 @@ def _forced_length_once(fields: dict[str, Any], engine: Engine, n: int) -> LabCh
     if tokens == n:
         return LabCheck(name, True, "")
     if finish == "stop":
+        unknown = sorted(set(fields) - _NEUTRAL_FIELDS - {"ignore_eos", "logit_bias"})
         why = (
-            "The model ended its answer with its end-of-sequence token. llama.cpp's Python server ignores "
-            "fields it does not know (vLLM's ignore_eos is one): forbid that token instead "
-            "(section 2 says how; servelab.bench.workload names its id)."
+            "The model ended its answer with its end-of-sequence token: max_tokens is a cap, not a length. "
+            "llama-server has a request field that makes it ignore that token (its request options in "
+            "tools/server/README.md; section 2 says how the harness forces the length on each engine)."
         )
+        if unknown:
+            why += f" llama-server ignores fields it does not know: is {', '.join(unknown)} spelt as it spells it?"
     else:
         why = "Set max_tokens to exactly n."
     return LabCheck(name, False, f"usage.completion_tokens was {tokens} (finish_reason {finish!r}). {why}")
 
 
 def check_forced_length(answer: Callable[[int], dict[str, Any]], engine: Engine) -> list[LabCheck]:
-    """Send the fields ``answer(n)`` returns to the running llama.cpp server for a question it would
-    answer in a few tokens, and count the tokens it generated (``usage.completion_tokens``)."""
+    """Send the fields ``answer(n)`` returns to the running llama-server, on ``/v1/completions`` and on
+    ``/v1/chat/completions``, with a question it would answer in a few tokens, and count the tokens it
+    generated (``usage.completion_tokens``)."""
     checks = []
     for n in FORCED_LENGTHS:
         fields = answer(n)
         if not isinstance(fields, dict):
             checks.append(LabCheck(f"fields for n={n} are a dict", False, f"got {type(fields).__name__}"))
             continue
-        checks.append(_forced_length_once(fields, engine, n))
+        checks += [_forced_length_once(fields, engine, endpoint, n) for endpoint in FORCED_PROMPTS]
     return checks
 
 
@@ -167,31 +179,50 @@ def _expected_choice(sweep: pd.DataFrame, users: int, slo_s: float) -> str | Non
     return None if rows.empty else str(rows.loc[rows["output_token_throughput"].idxmax(), "engine"])
 
 
+def _swapped(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The same measurements with the engines' labels swapped (first with last, in sorted order)."""
+    names = sorted(sweep["engine"].unique())
+    return sweep.assign(engine=sweep["engine"].map(dict(zip(names, reversed(names), strict=True))))
+
+
 def check_choose_engine(
     answer: Callable[[pd.DataFrame, int, float], str | None], sweep: pd.DataFrame
 ) -> list[LabCheck]:
     """Ask ``answer`` for each measured number of users under three SLOs set from this run's own TTFTs:
-    tighter than both engines, between them, and looser than both; compare with what the table implies."""
+    tighter than both engines, between them, and looser than both; compare with what the table implies.
+    Both engines batch, so which one wins can change from machine to machine: a fourth check asks again on
+    the same table with the engines' labels swapped, which only an answer that reads the numbers passes."""
     cases: dict[str, list[tuple[int, float]]] = {"no engine meets it": [], "one engine meets it": [], "both do": []}
     for users, rows in sweep.groupby("concurrency"):
         fast, slow = sorted(rows["ttft_p50_s"])
         cases["no engine meets it"].append((int(users), fast / 2))
         cases["one engine meets it"].append((int(users), (fast + slow) / 2))
         cases["both do"].append((int(users), slow * 2))
-    checks = []
-    for case, asks in cases.items():
+    rule = (
+        ". Keep the rows for that many users whose ttft_p50_s is within the SLO; of those, the engine with the "
+        "highest output_token_throughput; None when no row is left."
+    )
+
+    def wrong_on(table: pd.DataFrame, asks: list[tuple[int, float]], which: str) -> list[str]:
         wrong = []
         for users, slo in asks:
-            expected = _expected_choice(sweep, users, slo)
-            got = answer(sweep.copy(), users, slo)
+            expected = _expected_choice(table, users, slo)
+            got = answer(table.copy(), users, slo)
             if got != expected:
-                wrong.append(f"concurrency {users}, SLO {slo:.3f} s: yours {got!r}, this run's table says {expected!r}")
-        checks.append(
-            LabCheck(
-                f"median TTFT SLO: {case}",
-                not wrong,
-                "; ".join(wrong) + ". Keep the rows for that many users whose ttft_p50_s is within the SLO; "
-                "of those, the engine with the highest output_token_throughput; None when no row is left.",
-            )
+                wrong.append(f"concurrency {users}, SLO {slo:.3f} s: yours {got!r}, {which} says {expected!r}")
+        return wrong
+
+    checks = []
+    for case, asks in cases.items():
+        wrong = wrong_on(sweep, asks, "this run's table")
+        checks.append(LabCheck(f"median TTFT SLO: {case}", not wrong, "; ".join(wrong) + rule))
+    wrong = wrong_on(_swapped(sweep), cases["one engine meets it"] + cases["both do"], "the swapped table")
+    checks.append(
+        LabCheck(
+            "follows the measurements, not the engines' names",
+            not wrong,
+            "; ".join(wrong) + ". Asked again on this run's table with the two engines' labels swapped, the "
+            "answer must swap too: which engine serves a load better is measured, not known in advance" + rule,
         )
+    )
     return checks
