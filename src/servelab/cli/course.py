@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from servelab.cli.console import console
+from servelab.cli.console import console, fail
+from servelab.errors import ServelabError
 
 app = typer.Typer(help="Files for instructors, generated from the kit.", no_args_is_help=True)
 
@@ -34,8 +35,11 @@ def guide() -> None:
     and the reference results."""
     from servelab.course import course_map, facilitator
 
-    console.print(f"wrote {facilitator.write_markdown()}")
-    console.print(f"wrote {course_map.write()} (the notebook map's times)")
+    try:
+        console.print(f"wrote {facilitator.write_markdown()}")
+        console.print(f"wrote {course_map.write()} (the notebook map's times)")
+    except ServelabError as err:
+        fail(err)
 
 
 @app.command("glossary")

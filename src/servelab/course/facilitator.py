@@ -162,8 +162,10 @@ ORDER: tuple[str, ...] = (
     "01_engine_comparison",
     "02_deploy_vllm",
     "lab01_fix_the_seed_deployment",
+    "lab02_the_probe_that_gives_up",
     "03_llamacpp_on_cpu",
     "04_quantization_paged_attention",
+    "lab04_the_server_that_preempts",
     "05_benchmarking",
     "lab05_the_benchmark_that_lies",
     "06_monitoring_alerting",
@@ -179,6 +181,8 @@ DISCUSSION_MIN = {"notebook": 5, "lab": 5}
 """Instructor-led minutes after each module (learner times already include the exercises)."""
 
 CUTS: tuple[Cut, ...] = (
+    Cut("lab04_the_server_that_preempts", "module", "lab 04 becomes homework (a vLLM start per try)"),
+    Cut("lab02_the_probe_that_gives_up", "module", "lab 02 becomes homework (a vLLM start per try)"),
     Cut("lab05_the_benchmark_that_lies", "module", "lab 05 becomes homework (if behind after notebook 05)"),
     Cut(
         "04_quantization_paged_attention",
@@ -199,8 +203,9 @@ NOTES: dict[str, Notes] = {
     "00_preflight": Notes(
         (
             "Every red line carries the command that fixes it: read the fix aloud before helping anyone.",
-            "Both engines serve the same weights (the GGUF and its float32 conversion); the greedy first-token "
-            "comparison is the proof, and longer answers still differ because the arithmetic differs.",
+            "Both engines serve the same weights: the GGUF, served by llama.cpp's native llama-server (the "
+            "program manifests/llamacpp deploys), and its float32 conversion, served by vLLM. The greedy "
+            "first-token comparison is the proof, and longer answers still differ because the arithmetic differs.",
             "vLLM's start is most of the machine time: use it to explain what vLLM does while it starts "
             "(loading, profiling memory, allocating the KV cache).",
         ),
@@ -210,12 +215,17 @@ NOTES: dict[str, Notes] = {
     "01_engine_comparison": Notes(
         (
             "The landscape table is cited, not measured: every cell links to its source in data/citations.yaml.",
-            "The curves are the point: llama.cpp's binding serves one request at a time, vLLM batches "
-            "continuously, so only vLLM's throughput grows with users.",
-            "Let learners predict the shape of the curve before the cell runs.",
+            "Both engines batch: llama-server's parallel slots and vLLM's scheduler. The question is how much "
+            "each gains on this machine and which serves a given load better; the notebook prints the leader "
+            "at each level and any crossover, and llama-server's busy-slots-per-step counter is the server's "
+            "own proof that the slots shared the batch.",
+            "Let learners predict the curves before the cell runs. A llama.cpp curve flat against users came "
+            "from llama-cpp-python's Python server, one request at a time (notebook 03).",
         ),
-        "Absolute speeds move with the CPU; the shapes (flat against rising) must not. A vLLM curve that stays "
-        "flat usually means the host was busy while it ran: rerun that cell alone.",
+        "Absolute speeds, and even the order of the engines, move with the CPU. On 2 AVX2 cores the quick "
+        "profile's short answers are prefill- and compute-bound, so llama-server can lead at every level while "
+        "its throughput stays nearly flat; the full profile's longer answers leave batching more room. A curve "
+        "that falls, or a vLLM curve that stays flat, usually means the host was busy: rerun that cell alone.",
     ),
     "02_deploy_vllm": Notes(
         (
@@ -232,6 +242,16 @@ NOTES: dict[str, Notes] = {
             "A failing check is the normal state of an unsolved lab, never an error.",
         ),
         "If a learner is stuck, point at manifests/vllm/base/deployment.yaml, the kit's complete answer.",
+    ),
+    "lab02_the_probe_that_gives_up": Notes(
+        (
+            "Every check is graded on a real vLLM started from the learner's own Deployment flags: the "
+            "startupProbe's budget is compared with the start-up time measured on this machine.",
+            "Three failures from one manifest: a flag vLLM refuses, probes that give up or ask the wrong "
+            "path, and a client asking for a model name the server does not list.",
+        ),
+        "Start-up time moves with the host: a budget that passes here with little margin can fail on a "
+        "loaded machine, which is the lesson (size probes from a measurement with headroom).",
     ),
     "03_llamacpp_on_cpu": Notes(
         (
@@ -252,6 +272,16 @@ NOTES: dict[str, Notes] = {
         ),
         "File sizes are properties of the format and must match the reference exactly; speeds and "
         "perplexity's last digits move with the machine.",
+    ),
+    "lab04_the_server_that_preempts": Notes(
+        (
+            "Preemptions, the running batch and KV cache usage are read from vLLM's own /metrics during "
+            "the learner's run.",
+            "Two sums that one run cannot show are graded beside it: the worst case the engine admits and "
+            "the cache left idle.",
+        ),
+        "A run with no preemption can still fail the worst-case check: ask what a longer answer or one "
+        "more user would do to this cache.",
     ),
     "05_benchmarking": Notes(
         (
@@ -492,7 +522,7 @@ def _fmt(value: float, digits: int = 1) -> str:
 def _expected_00(ref: dict[str, Any], factor: float) -> list[str]:
     return [
         f"vLLM ready in {_fmt(ref['vllm_ready_s'])} s on the reference machine (about "
-        f"{_fmt(ref['vllm_ready_s'] * factor, 0)} s on an AVX2-only machine); llama.cpp's server in "
+        f"{_fmt(ref['vllm_ready_s'] * factor, 0)} s on an AVX2-only machine); llama-server in "
         f"{_fmt(ref['llamacpp_ready_s'], 2)} s",
         f"greedy first-token agreement between the engines: {_fmt(100 * ref['first_token_agreement'], 0)}%",
     ]
