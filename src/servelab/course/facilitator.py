@@ -164,6 +164,7 @@ ORDER: tuple[str, ...] = (
     "lab01_fix_the_seed_deployment",
     "lab02_the_probe_that_gives_up",
     "03_llamacpp_on_cpu",
+    "lab03_the_pod_that_gets_oomkilled",
     "04_quantization_paged_attention",
     "lab04_the_server_that_preempts",
     "05_benchmarking",
@@ -183,6 +184,7 @@ DISCUSSION_MIN = {"notebook": 5, "lab": 5}
 CUTS: tuple[Cut, ...] = (
     Cut("lab04_the_server_that_preempts", "module", "lab 04 becomes homework (a vLLM start per try)"),
     Cut("lab02_the_probe_that_gives_up", "module", "lab 02 becomes homework (a vLLM start per try)"),
+    Cut("lab03_the_pod_that_gets_oomkilled", "module", "lab 03 becomes homework"),
     Cut("lab05_the_benchmark_that_lies", "module", "lab 05 becomes homework (if behind after notebook 05)"),
     Cut(
         "04_quantization_paged_attention",
@@ -262,6 +264,15 @@ NOTES: dict[str, Notes] = {
             "CPU serving fits small models, low concurrency and cost-bound services; the notebook says when.",
         ),
         "On more cores the thread knee moves right; on a shared host the sweep is noisy: compare shapes, not values.",
+    ),
+    "lab03_the_pod_that_gets_oomkilled": Notes(
+        (
+            "The manifest's args start the real llama-server here; its peak resident memory under the "
+            "service's load is what the memory request and limit are graded against.",
+            "Threads, CPU requests, slots and context are one decision: --ctx-size is shared by the slots.",
+        ),
+        "Peak memory differs a little between machines (allocator, page size); the hints print what this "
+        "run measured, so each learner sizes from their own number.",
     ),
     "04_quantization_paged_attention": Notes(
         (
