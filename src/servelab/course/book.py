@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from servelab.course import course_map
 from servelab.errors import ServelabError
 from servelab.paths import repo_root
 
@@ -37,7 +38,6 @@ DEFAULT_OUT = Path("build") / "book"
 SPHINX_TIMEOUT_S = 600  # about 15 s on 2 cores
 RUN_FIRST = "run `make test` first: its notebook lane executes every notebook and lab into artifacts/notebooks/"
 _LINK = re.compile(r"\]\(([^)\s#]+)(#[^)\s]*)?\)")
-_MAP_PATH = re.compile(r"`((?:notebooks|labs)/[^`]+\.ipynb)`")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def _map(readme: str, pages: set[Path]) -> str:
         rel = Path(found.group(1))
         return f"[]({rel})" if rel in pages else found.group(0)
 
-    return "\n".join(_MAP_PATH.sub(link, line) for line in table)
+    return "\n".join(course_map.NOTEBOOK_PATH.sub(link, line) for line in table)
 
 
 def intro(parts: Sequence[Part], root: Path | None = None) -> str:

@@ -20,7 +20,8 @@ from servelab.paths import repo_root
 
 README = Path("README.md")
 HEADER = "| # | notebook | you will | learner time | machine time |"
-_PATH = re.compile(r"`((?:notebooks|labs)/[^`]+\.ipynb)`")
+NOTEBOOK_PATH = re.compile(r"`((?:notebooks|labs)/[^`]+\.ipynb)`")
+"""A map row names its notebook by path, in backticks (the book links it from the same match)."""
 
 
 def _machine(seconds: float) -> str:
@@ -55,7 +56,7 @@ def refresh(text: str) -> str:
     i = start + 2  # past the header and its |---| line
     while i < len(lines) and lines[i].startswith("|"):
         cells = lines[i].rstrip("\n").split(" | ")
-        found = _PATH.search(cells[1]) if len(cells) == 5 else None
+        found = NOTEBOOK_PATH.search(cells[1]) if len(cells) == 5 else None
         if not found:
             raise ServelabError(
                 f"{README} map row {i + 1} is not '| # | `path.ipynb` | you will | learner | machine |'",
