@@ -75,6 +75,20 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+class ServerStartError(ServelabError):
+    """A managed server that did not become ready, with what a caller needs to say why in the server's words.
+
+    ``log_path`` is the server's whole log, so a caller reads the line that states the cause from it instead
+    of parsing this message; ``timed_out`` tells a server still not ready at the deadline (stopped then) from
+    one that exited by itself.
+    """
+
+    def __init__(self, problem: str, fix: str, log_path: Path, *, timed_out: bool) -> None:
+        super().__init__(problem, fix)
+        self.log_path = log_path
+        self.timed_out = timed_out
+
+
 class ServerArgs(TypedDict, total=False):
     """:class:`ManagedServer`'s constructor arguments, for subclasses that pass them on as ``**kwargs``."""
 
@@ -141,7 +155,8 @@ class ManagedServer:
     def wait_ready(self, timeout: float, poll: float = 0.5) -> float:
         """Block until ``ready_path`` answers 200; return the seconds from start to ready.
 
-        Fails fast, with the log's tail, when the process exits; stops it when the timeout passes.
+        Fails fast, with the log's tail, when the process exits; stops it when the timeout passes. Either
+        way the error is a :class:`ServerStartError` that names the log.
         """
         assert self.process is not None and self.started_at is not None, "start() first"
         deadline = self.started_at + timeout
@@ -149,10 +164,12 @@ class ManagedServer:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
                     self._forget()
-                    raise ServelabError(
+                    raise ServerStartError(
                         f"{self.name} exited with code {self.process.returncode} before it was ready. "
                         f"Last lines of {self.log_path}:\n{tail(self.log_path)}",
                         "read the log above; `servelab preflight` checks the usual causes",
+                        self.log_path,
+                        timed_out=False,
                     )
                 try:
                     if client.get(self.url + self.ready_path).status_code == 200:
@@ -162,9 +179,11 @@ class ManagedServer:
                     pass
                 time.sleep(poll)
         self.stop()
-        raise ServelabError(
+        raise ServerStartError(
             f"{self.name} was not ready after {timeout:.0f} s. Last lines of {self.log_path}:\n{tail(self.log_path)}",
             "raise the ready timeout parameter, or check the log for what it was doing",
+            self.log_path,
+            timed_out=True,
         )
 
     def stop(self, grace: float = 15.0) -> None:

@@ -6,8 +6,7 @@ import time
 import psutil
 import pytest
 
-from servelab.errors import ServelabError
-from servelab.procs import ManagedServer, free_port, leftover_processes
+from servelab.procs import ManagedServer, ServerStartError, free_port, leftover_processes
 
 
 def _http_server(tmp_path, port: int) -> ManagedServer:
@@ -56,10 +55,11 @@ def test_a_server_that_exits_fails_fast_with_its_log(tmp_path) -> None:
         log_path=tmp_path / "b.log",
     ).start()
     began = time.perf_counter()
-    with pytest.raises(ServelabError) as err:
+    with pytest.raises(ServerStartError) as err:
         server.wait_ready(timeout=60)
     assert time.perf_counter() - began < 10
     assert "exited with code 3" in str(err.value) and "boom: bad flag" in str(err.value)
+    assert err.value.log_path == server.log_path and not err.value.timed_out
 
 
 def test_a_server_that_never_gets_ready_times_out_and_is_stopped(tmp_path) -> None:
@@ -69,9 +69,10 @@ def test_a_server_that_never_gets_ready_times_out_and_is_stopped(tmp_path) -> No
         port=free_port(),
         log_path=tmp_path / "s.log",
     ).start()
-    with pytest.raises(ServelabError, match="not ready after 2 s"):
+    with pytest.raises(ServerStartError, match="not ready after 2 s") as err:
         server.wait_ready(timeout=2)
     assert not server.running
+    assert err.value.log_path == server.log_path and err.value.timed_out
 
 
 def test_leftovers_are_scoped_to_a_session(tmp_path, monkeypatch) -> None:

@@ -117,6 +117,14 @@ def test_malformed_quantities_are_refused_with_examples(text: str) -> None:
         quantity.parse(text)
 
 
+def test_a_containers_resources_read_as_numbers_or_none_whatever_their_shape() -> None:
+    resources = {"requests": {"memory": "512Mi", "cpu": "1500m"}, "limits": {"memory": "1Gb"}}
+    assert quantity.memory_mib(resources, "requests") == 512.0
+    assert quantity.resource(resources, "requests", "cpu") == pytest.approx(1.5)
+    assert quantity.memory_mib(resources, "limits") is None  # malformed: the manifest checks report it
+    assert quantity.memory_mib({"requests": "2Gi"}, "requests") is None and quantity.memory_mib(None, "limits") is None
+
+
 def test_hpa_target_reads_any_quantity(tmp_path: Path) -> None:
     hpa = tmp_path / "hpa.yaml"
     hpa.write_text(

@@ -9,6 +9,7 @@ arithmetic is the Kubernetes client's own ``parse_quantity``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from servelab.errors import ServelabError
 
@@ -28,3 +29,21 @@ def parse(value: str | int | float) -> float:
     from kubernetes.utils.quantity import parse_quantity  # lazy: importing the client takes ~1 s
 
     return float(parse_quantity(str(value).strip()))
+
+
+def resource(resources: Any, section: str, name: str) -> float | None:
+    """A container's ``resources.<section>.<name>`` (e.g. ``"limits"``, ``"cpu"``) as a plain number.
+
+    None where it is missing or malformed: a manifest under review may have any shape, and the manifest
+    checks report a malformed quantity on their own.
+    """
+    amounts = resources.get(section) if isinstance(resources, dict) else None
+    value = amounts.get(name) if isinstance(amounts, dict) else None
+    return parse(value) if value is not None and is_quantity(value) else None
+
+
+def memory_mib(resources: Any, section: str) -> float | None:
+    """``resources.<section>.memory`` in MiB, the unit the kit measures resident memory in; None as in
+    :func:`resource`."""
+    amount = resource(resources, section, "memory")
+    return None if amount is None else amount / 2**20

@@ -17,7 +17,9 @@ import yaml
 from servelab.bench.stats import BenchResult, RequestRecord
 from servelab.course.labs import kv_sizing
 from servelab.course.labs.kv_sizing import PREEMPTIONS, RUNNING, USAGE, WAITING, Service, ServiceRun
+from servelab.engines.failure import failure_line
 from servelab.errors import ServelabError
+from servelab.procs import ServerStartError
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK = ROOT / "labs" / "lab04_the_server_that_preempts.ipynb"
@@ -124,13 +126,28 @@ def test_a_batch_cap_below_the_users_makes_them_queue() -> None:
 
 
 def test_an_engine_that_refuses_to_start_quotes_its_own_error_line() -> None:
-    line = kv_sizing.engine_error_line(REFUSED_LOG)
-    assert line is not None and line.startswith("ValueError: To serve at least one request")
+    line = failure_line(REFUSED_LOG, "vllm")
+    assert line.startswith("ValueError: To serve at least one request")
     settings = {"kv_blocks": 8, "max_num_seqs": 4, "max_model_len": 2048}
     failed = _failed(settings, ServiceRun(settings, start_error=line))
     assert line in failed["vLLM starts with these settings"]
     assert "needs 16 blocks" in failed["vLLM starts with these settings"]
     assert len(failed) == 5 and "Not measured" in failed["nobody is preempted (vllm:num_preemptions_total stays at 0)"]
+
+
+def test_a_refused_start_is_recorded_with_the_line_of_the_log_its_error_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    log = tmp_path / "vllm.log"
+    log.write_text(REFUSED_LOG)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ServerStartError("vLLM (cpu) exited with code 1 before it was ready.", "read it", log, timed_out=False)
+
+    monkeypatch.setattr(kv_sizing, "start_vllm", refuse)
+    settings = {"kv_blocks": 8, "max_num_seqs": 4, "max_model_len": 2048}
+    run = kv_sizing.run_service(settings, SERVICE)
+    assert run is not None and run.start_error == failure_line(REFUSED_LOG, "vllm") and run.result is None
 
 
 def test_bad_settings_and_a_stale_run_get_one_clear_row() -> None:

@@ -11,6 +11,7 @@ import yaml
 
 from servelab.bench.stats import BenchResult, RequestRecord
 from servelab.course.labs import sizing
+from servelab.engines.failure import failure_line
 from servelab.k8s import manifests
 from servelab.memory.footprint import RSSSampler
 
@@ -227,9 +228,9 @@ def test_the_error_line_is_llama_servers_first_statement_of_the_cause() -> None:
             "#17 0x00005566f73ee1b1 in _start ()",
         ]
     )
-    assert sizing.error_line(crashed).endswith("GGML_ASSERT(n_outputs >= 1) failed")
+    assert failure_line(crashed, "llama-server").endswith("GGML_ASSERT(n_outputs >= 1) failed")
     refused = 'error while handling argument "--parallel": stoi\n\nto show complete usage, run with -h'
-    assert sizing.error_line(refused) == 'error while handling argument "--parallel": stoi'
+    assert failure_line(refused, "llama-server") == 'error while handling argument "--parallel": stoi'
 
 
 def test_the_reference_solution_is_valid_yaml_with_one_deployment() -> None:

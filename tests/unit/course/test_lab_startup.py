@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from servelab.course.labs import startup
+from servelab.engines.failure import failure_line
 from servelab.engines.model import SERVED_NAME
 from servelab.errors import ServelabError
 from servelab.k8s import shipped
+from servelab.procs import ServerStartError
 
 ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK = ROOT / "labs" / "lab02_the_probe_that_gives_up.ipynb"
@@ -50,7 +52,7 @@ READY_S = 50.0  # what a start in eager mode measured on 2 cores
 REASON = f"The model `{HF_ID}` does not exist. Valid aliases: {SERVED_NAME}."  # vLLM's words, recorded
 NOT_FOUND = f"404: {REASON}"
 RAN = startup.Run(ready_s=READY_S, statuses={"/health": "200"}, listed=[SERVED_NAME], client="200")
-REFUSED = startup.Run(ready_s=None, error=startup.error_line(REFUSED_LOG))
+REFUSED = startup.Run(ready_s=None, error=failure_line(REFUSED_LOG, "vllm"))
 
 CHECKS = [
     "Kubernetes 1.25, 1.32, 1.35, 1.36, 1.37 accept both objects",
@@ -205,9 +207,8 @@ def test_a_setting_the_lab_ignores_is_named_in_the_hint() -> None:
 
 
 def test_error_line_is_vllms_own_reason() -> None:
-    assert startup.error_line(REFUSED_LOG).startswith("Value error, User-specified max_model_len (16384)")
-    assert startup.error_line(ENGINE_CORE_LOG).startswith("(EngineCore pid=812) ValueError: To serve at least")
-    assert startup.error_line("") == "(an empty log)"
+    assert failure_line(REFUSED_LOG, "vllm").startswith("Value error, User-specified max_model_len (16384)")
+    assert failure_line(ENGINE_CORE_LOG, "vllm").startswith("(EngineCore pid=812) ValueError: To serve at least")
 
 
 class _FakeEngine:
@@ -269,12 +270,20 @@ def test_run_answer_turns_a_refused_start_into_vllms_error_line(
     log = tmp_path / "vllm.log"
     log.write_text(ENGINE_CORE_LOG)
 
-    def refuse(**kwargs: Any) -> None:
-        raise ServelabError(f"vLLM (cpu) exited with code 1 before it was ready. Last lines of {log}:\n...", "read it")
+    def refuse(timed_out: bool) -> Any:
+        def start(**kwargs: Any) -> None:
+            raise ServerStartError("vLLM (cpu) did not become ready.", "read it", log, timed_out=timed_out)
 
-    monkeypatch.setattr(startup, "start_vllm", refuse)
+        return start
+
+    monkeypatch.setattr(startup, "start_vllm", refuse(timed_out=False))
     run = startup.run_answer(START)
-    assert run is not None and run.ready_s is None and run.error is not None and "KV cache memory" in run.error
+    assert run is not None and run.ready_s is None and run.error is not None
+    assert run.error.startswith("(EngineCore pid=812) ValueError") and "KV cache memory" in run.error
+    monkeypatch.setattr(startup, "start_vllm", refuse(timed_out=True))
+    run = startup.run_answer(START)
+    assert run is not None and run.error is not None
+    assert run.error.startswith("not ready after 420 s; the last error its log states: (EngineCore pid=812)")
 
 
 def test_run_answer_does_not_start_what_cannot_run(

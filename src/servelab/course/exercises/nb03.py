@@ -127,11 +127,6 @@ def _with_resources(deployment: dict[str, Any], resources: Any, n_ctx: int) -> d
     return doc
 
 
-def _memory_mib(resources: dict[str, Any], section: str) -> float | None:
-    value = (resources.get(section) or {}).get("memory")
-    return quantity.parse(value) / 2**20 if value is not None and quantity.is_quantity(value) else None
-
-
 def _resources_for(
     answer: Callable[[int], object], n_ctx: int, peak_mib: float, deployment: dict[str, Any]
 ) -> list[LabCheck]:
@@ -157,7 +152,7 @@ def _resources_for(
     )
     if problems:
         return [valid]
-    request, limit = _memory_mib(resources, "requests"), _memory_mib(resources, "limits")
+    request, limit = quantity.memory_mib(resources, "requests"), quantity.memory_mib(resources, "limits")
     measured = f"the server's peak RSS under load at {at} was {peak_mib:.0f} MiB"
     shown = f"{request:.0f} MiB" if request is not None else "missing"
     return [

@@ -20,7 +20,6 @@ block", ``vllm/v1/core/block_pool.py``), and its start-up check plans against th
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,12 +32,11 @@ from servelab.bench.workload import fixed_workload
 from servelab.course.grading import LabCheck
 from servelab.engines import model as models
 from servelab.engines.device import default_dtype, resolve_device
+from servelab.engines.failure import start_failure
 from servelab.engines.launch import VLLMOptions, start_vllm
 from servelab.errors import ServelabError
 from servelab.memory import kvcache
 from servelab.observe import metrics
-from servelab.paths import logs_dir
-from servelab.procs import free_port
 
 USERS = 4  # the service's users, all asking at once
 PROMPT_TOKENS = 240  # each prompt; just under two CPU blocks of 128, so each answer opens a third block
@@ -54,8 +52,6 @@ SETTINGS = ("kv_blocks", "max_num_seqs", "max_model_len")
 RUNNING, WAITING = "vllm:num_requests_running", "vllm:num_requests_waiting"
 USAGE, PREEMPTIONS = "vllm:kv_cache_usage_perc", "vllm:num_preemptions_total"
 CACHE_INFO = "vllm:cache_config_info"  # an info metric: the cache's figures are in its labels
-# A line where a Python error is raised and named at the start of the message (a log prefix ends in "] ").
-_ERROR_LINE = re.compile(r"(?:^|\] )((?:\w+\.)*\w*(?:Error|Exception): .+)$")
 
 
 @dataclass(frozen=True)
@@ -122,11 +118,6 @@ def validate(settings: dict[str, Any], service: Service) -> None:
         )
 
 
-def engine_error_line(log_text: str) -> str | None:
-    """The first error a log names (vLLM's root cause comes before the API server's own traceback)."""
-    return next((m.group(1) for line in log_text.splitlines() if (m := _ERROR_LINE.search(line.strip()))), None)
-
-
 @dataclass
 class ServiceRun:
     """What one start of vLLM with the learner's settings showed; ``None`` where it never got that far."""
@@ -173,7 +164,6 @@ def run_service(settings: dict[str, Any], service: Service, model: str = models.
         print(f"Not run: {err}")
         return None
     run = ServiceRun(dict(settings))
-    port = free_port()
     print(f"Starting vLLM with {settings} (about a minute on 2 cores) ...")
     try:
         engine = start_vllm(
@@ -181,12 +171,9 @@ def run_service(settings: dict[str, Any], service: Service, model: str = models.
             device=service.device,
             options=engine_options(settings, service),
             ready_timeout=READY_TIMEOUT_S,
-            port=port,
         )
     except ServelabError as err:
-        logs = sorted(logs_dir().glob(f"vllm-{port}-*.log"))  # start_vllm names its log after the port
-        log_text = logs[-1].read_text(errors="replace") if logs else str(err)
-        run.start_error = engine_error_line(log_text) or str(err).splitlines()[0]
+        run.start_error = start_failure(err, "vllm")
         print(f"vLLM did not start: {run.start_error}")
         return run
     with engine:

@@ -35,15 +35,14 @@ import yaml
 from servelab.bench.loadgen import run_benchmark
 from servelab.bench.stats import BenchResult
 from servelab.bench.workload import fixed_workload
-from servelab.course.exercises.nb03 import HEADROOM, _memory_mib
+from servelab.course.exercises.nb03 import HEADROOM
 from servelab.course.grading import LabCheck
-from servelab.course.labs.startup import _log_of
+from servelab.engines.failure import logged_failure, start_failure
 from servelab.engines.launch import LlamaServerOptions, start_llama_server
 from servelab.errors import ServelabError
 from servelab.k8s import docs, manifests, quantity
 from servelab.k8s import probes as k8s_probes
 from servelab.memory.footprint import RSSSampler
-from servelab.procs import tail
 
 SERVICE_USERS = 4  # users the service serves at the same time
 SERVICE_CONTEXT_TOKENS = 4096  # one user's conversation: prompt and answer
@@ -58,7 +57,6 @@ LLAMA_SERVER_DEFAULT_PORT = 8080  # --port's default
 MAX_CTX_TOKENS = 65536  # about 1.4 GiB of KV cache for this model: the most this lab allocates on a shared machine
 MAX_THREADS = 16
 ROUNDING_MIB = 64
-LOG_LINES = 2000
 
 # The container's flags the lab reads into LlamaServerOptions (field, or None: taken from the kit instead);
 # every other flag goes to llama-server as it is, so a flag it rejects fails as it would in the pod.
@@ -88,7 +86,6 @@ SWITCHES = {
     "--metrics": ("metrics", True),
 }
 CACHE_RAM_FLAGS = ("-cram", "--cache-ram")
-_ERROR_LINE = re.compile(r"\berror\b|GGML_ASSERT|\bfailed\b|^\S+ E ", re.IGNORECASE)
 
 
 @dataclass
@@ -193,13 +190,6 @@ def server_port(args: list[str]) -> int | None:
     return int(port) if port.isdigit() else None
 
 
-def error_line(log: str) -> str:
-    """llama-server's own reason for stopping: the first line of its log that states an error (the lines
-    after it are its consequences, e.g. "exiting due to model loading error"), else the last line."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    return next((line for line in lines if _ERROR_LINE.search(line)), lines[-1] if lines else "(an empty log)")
-
-
 def _props(url: str) -> dict[str, Any]:
     response = httpx.get(url + "/props", timeout=10)
     response.raise_for_status()
@@ -222,8 +212,7 @@ def run_manifest(text: str) -> ServerRun | None:
     try:
         server = start_llama_server(options=options, ready_timeout=READY_TIMEOUT_S)
     except ServelabError as err:
-        log = _log_of(err)  # the whole log: a crash's backtrace follows the line that says why
-        run.error = error_line(tail(log, lines=LOG_LINES) if log else err.problem)
+        run.error = start_failure(err, "llama-server")
         print(f"llama-server did not start: {run.error}")
         return run
     run.command = server.command
@@ -256,7 +245,7 @@ def run_manifest(text: str) -> ServerRun | None:
         run.error = f"{type(err).__name__}: {err}"
     finally:
         if not server.running:  # it died: its log says why
-            run.error = error_line(tail(server.log_path, lines=LOG_LINES))
+            run.error = logged_failure(server.log_path, server.kind)
         server.stop()
     summary = run.result.summary if run.result else {}
     print(
@@ -273,14 +262,10 @@ def declared_memory(text: str) -> dict[str, float]:
     except ServelabError:
         return {}
     found = {
-        label: _memory_mib(resources, section) for label, section in (("request", "requests"), ("limit", "limits"))
+        label: quantity.memory_mib(resources, section)
+        for label, section in (("request", "requests"), ("limit", "limits"))
     }
     return {label: mib for label, mib in found.items() if mib is not None}
-
-
-def _cpu(container: dict[str, Any], section: str) -> float | None:
-    value = docs.get(container, f"resources.{section}.cpu")
-    return quantity.parse(value) if value is not None and quantity.is_quantity(value) else None
 
 
 def _mib(value: float | None) -> str:
@@ -353,7 +338,7 @@ def _context_check(run: ServerRun, options: LlamaServerOptions) -> LabCheck:
 
 
 def _request_check(container: dict[str, Any], memory: RSSSampler, options: LlamaServerOptions) -> LabCheck:
-    request = _memory_mib(docs.mapping(container.get("resources")), "requests")
+    request = quantity.memory_mib(container.get("resources"), "requests")
     return LabCheck(
         "memory request covers the peak measured under load",
         request is not None and request >= memory.peak_mib,
@@ -366,7 +351,7 @@ def _request_check(container: dict[str, Any], memory: RSSSampler, options: Llama
 
 
 def _limit_check(container: dict[str, Any], memory: RSSSampler, args: list[str]) -> LabCheck:
-    limit = _memory_mib(docs.mapping(container.get("resources")), "limits")
+    limit = quantity.memory_mib(container.get("resources"), "limits")
     cache = cache_ram_mib(args)
     peak = memory.peak_mib
     need = max(HEADROOM * peak, peak + (math.inf if cache is None else cache))
@@ -387,7 +372,9 @@ def _limit_check(container: dict[str, Any], memory: RSSSampler, args: list[str])
 
 
 def _cpu_check(container: dict[str, Any], options: LlamaServerOptions) -> LabCheck:
-    threads, request, limit = options.threads, _cpu(container, "requests"), _cpu(container, "limits")
+    resources = container.get("resources")
+    threads = options.threads
+    request, limit = quantity.resource(resources, "requests", "cpu"), quantity.resource(resources, "limits", "cpu")
     name = "-t matches the CPU the pod requests, under any CPU limit"
     if threads is None or threads < 1:
         return LabCheck(

@@ -16,21 +16,19 @@ against those.
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from servelab.course.grading import LabCheck
+from servelab.engines.failure import start_failure
 from servelab.engines.launch import Engine, VLLMOptions, start_vllm
 from servelab.engines.model import SERVED_NAME
 from servelab.errors import ServelabError
 from servelab.k8s import docs, manifests
 from servelab.k8s import probes as k8s_probes
-from servelab.procs import tail
+from servelab.procs import ServerStartError
 
 MARGIN = 2.0  # the startup allowance over the start measured here: a busier or slower node takes longer
 READY_TIMEOUT_S = 420.0  # eager mode is ready in about a minute on 2 cores; compiled, in about 3-4 minutes
@@ -45,9 +43,6 @@ SWITCHES = {
     "--enable-prefix-caching": ("enable_prefix_caching", True),
     "--no-enable-prefix-caching": ("enable_prefix_caching", False),
 }
-_ERROR = re.compile(r"\b\w*(error|exception)\b\s*[:,]", re.IGNORECASE)
-_PYDANTIC_TAIL = re.compile(r"\s*\[type=.*\]$")  # pydantic's own suffix on a validation error, not vLLM's words
-_WRAPPER = "see root cause above"  # vLLM's API server re-raising an engine core failure logged earlier
 
 
 @dataclass(frozen=True)
@@ -159,20 +154,6 @@ def vllm_options(container: dict[str, Any]) -> VLLMOptions:
     return VLLMOptions(**values)
 
 
-def error_line(log: str) -> str:
-    """vLLM's own reason for not starting: the last line of its log that states an error, skipping the
-    API server's re-raise that only points at the engine core's error above it."""
-    lines = [line.strip() for line in log.splitlines()]
-    stated = [line for line in lines if _ERROR.search(line) and _WRAPPER not in line.lower()]
-    return _PYDANTIC_TAIL.sub("", (stated or [line for line in lines if line] or ["(an empty log)"])[-1])
-
-
-def _log_of(err: ServelabError) -> Path | None:
-    """The log of a server that did not start: the file its error names (:meth:`ManagedServer.wait_ready`)."""
-    named = re.search(r"Last lines of (\S+):", err.problem)
-    return Path(named.group(1)) if named else None
-
-
 def _ask_client(engine: Engine, model: str) -> str:
     """The client's request, as the front end sends it: its model name, one token."""
     import openai
@@ -206,16 +187,17 @@ def run_answer(text: str, device: str = "auto") -> Run | None:
     )
     if not options.enforce_eager:
         print("No --enforce-eager: vLLM compiles the model first, which takes several minutes on a CPU.")
-    began = time.perf_counter()
     try:
         engine = start_vllm(device=device, options=options, ready_timeout=READY_TIMEOUT_S)
-    except ServelabError as err:
-        log = _log_of(err)
-        line = error_line(tail(log, lines=400) if log else err.problem)
-        if time.perf_counter() - began >= READY_TIMEOUT_S:
+    except ServerStartError as err:
+        line = start_failure(err, "vllm")
+        if err.timed_out:
             line = f"not ready after {READY_TIMEOUT_S:.0f} s; the last error its log states: {line}"
-        print(f"vLLM did not become ready. Its error: {line}\nIts whole log: {log or err.problem}")
+        print(f"vLLM did not become ready. Its error: {line}\nIts whole log: {err.log_path}")
         return Run(ready_s=None, error=line)
+    except ServelabError as err:  # refused before vLLM ran, e.g. the model is not prepared
+        print(f"vLLM did not start: {err}")
+        return Run(ready_s=None, error=start_failure(err, "vllm"))
     try:
         ready_s = engine.ready_seconds or 0.0  # set by every successful start
         print(f"vLLM was ready in {ready_s:.1f} s with these flags (from its start to /health answering 200).")
