@@ -174,6 +174,8 @@ ORDER: tuple[str, ...] = (
     "lab06_the_alert_that_never_fires",
     "lab07_the_autoscaler_that_never_scales",
     "08_production_practices",
+    "lab08_the_gateway_that_leaks",
+    "lab09_capstone_serve_an_slo",
     "09_claims_ledger",
 )
 """The day's order: each lab right after the notebooks its opening names as prerequisites."""
@@ -182,6 +184,7 @@ DISCUSSION_MIN = {"notebook": 5, "lab": 5}
 """Instructor-led minutes after each module (learner times already include the exercises)."""
 
 CUTS: tuple[Cut, ...] = (
+    Cut("lab09_capstone_serve_an_slo", "module", "the capstone becomes homework (it draws on notebooks 01-08)"),
     Cut("lab04_the_server_that_preempts", "module", "lab 04 becomes homework (a vLLM start per try)"),
     Cut("lab02_the_probe_that_gives_up", "module", "lab 02 becomes homework (a vLLM start per try)"),
     Cut("lab03_the_pod_that_gets_oomkilled", "module", "lab 03 becomes homework"),
@@ -194,6 +197,7 @@ CUTS: tuple[Cut, ...] = (
     ),
     Cut("lab07_the_autoscaler_that_never_scales", "module", "lab 07 becomes homework"),
     Cut("lab06_the_alert_that_never_fires", "module", "lab 06 becomes homework"),
+    Cut("lab08_the_gateway_that_leaks", "module", "lab 08 becomes homework"),
     Cut("09_claims_ledger", "module", "notebook 09 is read at home (it needs no engine)"),
     Cut("05_benchmarking", "exercises", "notebook 05: exercises become homework (the harness computes the same)"),
     Cut("07_autoscaling_cost", "exercises", "notebook 07: exercises become homework (no engine needed)"),
@@ -352,6 +356,28 @@ NOTES: dict[str, Notes] = {
             "The audit log of a 200-request burst has exactly 200 lines and no raw key.",
         ),
         "Timing-sensitive steps (failover, the burst) take longer on a loaded host; the counts must not change.",
+    ),
+    "lab08_the_gateway_that_leaks": Notes(
+        (
+            "Three review findings, each shown by a real run: prompts in the audit log, a batch key whose "
+            "limits are never reached, and no bound on what is sent to the replica.",
+            "The latency bound is relative: a chat answer under the flood against the same run's answer alone.",
+            "A 429 with Retry-After is how a gateway tells a well-behaved batch job to slow down.",
+        ),
+        "On a busy host the latency ratio moves; a config that caps the batch key below the slots keeps well "
+        "inside the bound, the colleague's is far outside it. A learner near the bound should run it again.",
+    ),
+    "lab09_capstone_serve_an_slo": Notes(
+        (
+            "The scenario is measured on each machine, so every learner's rate, bounds and budget differ, and "
+            "the problem is the same on any machine.",
+            "The plan's numbers must agree: the batch limit trades TTFT for TPOT, the HPA target is bounded by "
+            "the TTFT a full batch leaves, the alert watches the HPA's queue, the cost follows the measured "
+            "throughput on the node priced.",
+            "The grade comes from the results file alone: a learner can re-read and explain it.",
+        ),
+        "If a passing plan fails on a rerun, the host was busy during the run (the TTFT row says so); run the "
+        "set-up and serve cells again rather than loosening the plan.",
     ),
     "09_claims_ledger": Notes(
         (

@@ -48,8 +48,8 @@ def _as_key(answer: Any) -> KeyConfig | str:
     return f"it is a {type(answer).__name__}, not a KeyConfig"
 
 
-def _post(url: str, raw_key: str, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(url + "/completions", json=body, headers={"Authorization": f"Bearer {raw_key}"}, timeout=60)
+def _post(url: str, raw_key: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
+    return httpx.post(url + "/completions", json=body, headers={"Authorization": f"Bearer {raw_key}"}, timeout=timeout)
 
 
 def check_token_budget(
