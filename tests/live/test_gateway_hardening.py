@@ -353,12 +353,16 @@ def test_streams_are_timed_per_chunk_not_by_the_request_timeout(replicas: dict[s
         assert status == 200 and "sent nothing for 0.001 s" in events[-1] and len(events) < 10, events[-2:]
     one = _config({"a": replicas["a"]}, tmp_path / "audit-one.jsonl", first_chunk_timeout_s=1.5)
     with start_gateway(one) as gw:  # no first chunk in time
-        busy = threading.Thread(target=_stream, args=(gw, {**long, "max_tokens": 150}))
+        # The replica answers one request at a time; this one keeps it busy for seconds on any machine here
+        # (600 tokens; 150 took under 1.5 s on an idle 2-core host, so the next request got its turn in time).
+        busy_took: list[float] = []
+        busy = threading.Thread(target=lambda: busy_took.append(_stream(gw, {**long, "max_tokens": 600})[2]))
         busy.start()
         time.sleep(0.5)  # the one replica is answering: the next stream waits in the gateway's queue
         began = time.perf_counter()
         reply = _post(gw, "alice", long)
         waited = time.perf_counter() - began
-        busy.join(60)
+        busy.join(120)
     # Seconds, not the minute a request gets: the CPUs are shared with both replicas, so leave room.
-    assert reply.status_code == 504 and waited < 10 and "timeout of 1.5 s" in reply.json()["error"]["message"]
+    said = (reply.status_code, waited, busy_took, reply.text[:200])
+    assert reply.status_code == 504 and waited < 10 and "timeout of 1.5 s" in reply.json()["error"]["message"], said
