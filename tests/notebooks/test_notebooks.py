@@ -90,7 +90,8 @@ def _check_05_benchmarking(r: dict) -> None:
     llama = r["closed_llamacpp"]
     assert [row["concurrency"] for row in llama] == r["llamacpp_levels"]
     assert all(row["errors"] == 0 and row["timeouts"] == 0 and row["ok"] >= 6 for row in llama)
-    assert llama[-1]["ttft_p50_s"] > 1.5 * llama[0]["ttft_p50_s"]  # one at a time: later users queue
+    # llama-server's slots share each step: with every slot busy a request's prompt waits behind the others'
+    assert llama[-1]["ttft_p50_s"] > 1.5 * llama[0]["ttft_p50_s"]
     # Each client against the server's own counters for its window (10% is the full-profile bar); the
     # client-against-client difference mixes in machine drift between the runs, so it gets only a loose bound.
     refereed = {row["figure"]: row for row in r["crosscheck"] if row["kit vs server"] == row["kit vs server"]}
