@@ -29,11 +29,34 @@ LAB_ARGS ?=
 # JupyterLab refuses to run as root without this flag (containers and lab VMs often are root).
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
+PIP_PIN := pip==25.3
+# An offline room (README, "Offline room"): `make wheelhouse` writes one folder (WHEELHOUSE, default
+# build/wheelhouse) with everything a seat installs; any other target given WHEELHOUSE=dir installs from that
+# folder: pip with --no-index, llama.cpp and the model copied into the cache, the OS tools beside the venv's
+# Python. Its seat commands run on $(PYTHON) before the venv exists (standard library only) and first refuse a
+# wheelhouse made for another machine or lock.
+WHEELHOUSE ?=
+WHEELHOUSE_ARGS = --lock $(LOCK) --llama-wheels $(LLAMA_WHEELS) --llama-tools $(LLAMA_TOOLS)
+SEAT := $(if $(filter wheelhouse,$(MAKECMDGOALS)),,$(WHEELHOUSE:%/=%))
+FROM_WHEELHOUSE = PYTHONPATH=$(CURDIR)/src $(PYTHON) -m servelab.course.wheelhouse
+ifneq ($(SEAT),)
+SEAT_CHECK = $(FROM_WHEELHOUSE) check $(SEAT) $(WHEELHOUSE_ARGS)
+PIP_FROM = --no-index --find-links $(abspath $(SEAT))/wheels
+PIP_LOCK_FROM = $(PIP_FROM)
+LLAMACPP = $(FROM_WHEELHOUSE) restore-llamacpp $(SEAT) $(WHEELHOUSE_ARGS) && $(BUILD_LLAMACPP)
+MODEL_RESTORE = $(FROM_WHEELHOUSE) restore-model $(SEAT) $(WHEELHOUSE_ARGS)
+# os-tools would ask the OS's package mirror; the seat takes them from the wheelhouse instead.
+OS_TOOLS := wheelhouse-tools
+else
+PIP_LOCK_FROM = $(PIP_TORCH) --find-links $(LLAMA_WHEELS)
+LLAMACPP = $(BUILD_LLAMACPP)
+OS_TOOLS := os-tools
+endif
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: lab test unit lint book setup env llamacpp model os-tools preflight leftovers clean
+.PHONY: lab test unit lint book setup env llamacpp model os-tools wheelhouse wheelhouse-tools preflight leftovers clean
 
 lab: setup
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ROOT) notebooks/00_preflight.ipynb $(LAB_ARGS)
@@ -48,7 +71,7 @@ test:
 	  echo "lint took $$(( $$(date +%s) - began )) s"
 	$(BIN)/python -m pytest tests --durations=25 $(PYTEST_ARGS)
 
-# Besides the environment it needs only promtool and kubectl (no model, no engine, no server).
+# Besides the environment it needs only promtool, kubectl and dot (no model, no engine, no server).
 unit: env os-tools
 	$(BIN)/python -m pytest tests/unit -q $(PYTEST_ARGS)
 
@@ -64,30 +87,32 @@ lint: env
 book: env
 	$(BIN)/python -m servelab.course.book
 
-setup: env llamacpp os-tools model
+setup: env llamacpp $(OS_TOOLS) model
 
 env: $(STAMP)
 
 $(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
 	  { echo "Python 3.11+ is needed (found: $(PYTHON)). Install python3.11 or run: make lab PYTHON=/path/to/python3.11"; exit 1; }
+	@$(SEAT_CHECK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(ENV_DIR)
-	$(BIN)/python -m pip install -q --upgrade pip==25.3
-	@$(BUILD_LLAMACPP)
+	$(BIN)/python -m pip install -q $(PIP_FROM) --upgrade $(PIP_PIN)
+	@$(LLAMACPP)
 	@echo "Installing the pinned environment (~3 min into a fresh .venv)..."
-	set -o pipefail; time $(BIN)/python -m pip install --no-deps $(PIP_TORCH) --find-links $(LLAMA_WHEELS) -r $(LOCK) 2>&1 | grep -v "is ignored: it is neither"
-	$(BIN)/python -m pip install -q --no-deps -e .
+	set -o pipefail; time $(BIN)/python -m pip install --no-deps $(PIP_LOCK_FROM) -r $(LOCK) 2>&1 | grep -v "is ignored: it is neither"
+	$(BIN)/python -m pip install -q --no-deps $(PIP_FROM) -e .
 	@$(BIN)/python -c 'import importlib.util as u, sys; bad=[m for m in ("torchvision","torchaudio","torchcodec") if u.find_spec(m)]; bad and sys.exit(f"remove {bad}: they break vLLM CPU (pip uninstall -y {chr(32).join(bad)})")'
 	touch $@
 
 # llama.cpp's programs come from the same compile as the wheel above; here the script only checks the cache
 # and links `current`, except on a machine whose wheel was cached before the kit built the programs.
 llamacpp: env
-	@$(BUILD_LLAMACPP)
+	@$(LLAMACPP)
 
-# Prometheus + promtool + Alertmanager (notebook 06, rule and alerting tests) and headless Chromium (the book's
-# browser test) from the OS when we can; otherwise say how. Debian names the Alertmanager binary
-# prometheus-alertmanager; Chromium is Debian's own package (Ubuntu's apt one only installs a snap).
+# Prometheus + promtool + Alertmanager (notebook 06, rule and alerting tests), Graphviz's dot (the notebooks'
+# diagrams, docs/diagrams/) and headless Chromium (the book's browser test) from the OS when we can; otherwise
+# say how. Debian names the Alertmanager binary prometheus-alertmanager; Chromium is Debian's own package
+# (Ubuntu's apt one only installs a snap).
 # The seed document is in Chinese: a small CJK font, so the book's screenshots show its words, not boxes.
 CJK_FONT := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
 os-tools:
@@ -102,6 +127,16 @@ os-tools:
 	  echo "      prometheus-alertmanager' (Debian/Ubuntu) or 'conda install -c conda-forge prometheus' plus the"; \
 	  echo "      alertmanager binary of a Prometheus release on PATH. Notebook 06 and the alerting tests need them."; \
 	fi
+	@if command -v dot >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing graphviz (dot, which draws the notebooks' diagrams) from the OS packages..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    graphviz >/dev/null; \
+	else \
+	  echo "NOTE: Graphviz's dot not found. Install it: 'sudo apt-get install graphviz' (Debian/Ubuntu), 'brew install"; \
+	  echo "      graphviz' (macOS) or 'conda install -c conda-forge graphviz'. The notebooks draw their diagrams"; \
+	  echo "      (docs/diagrams/) with it; without it they print this command instead, and the diagram tests fail."; \
+	fi
 	@if [ -n "$$SERVELAB_CHROMIUM" ] || { [ -x /usr/bin/chromium ] && [ -f $(CJK_FONT) ]; }; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && grep -qE '^ID="?debian"?$$' /etc/os-release; then \
 	  echo "Installing chromium (headless, for the book's browser test) from the OS packages (~25 s, ~400 MB)..."; \
@@ -115,13 +150,23 @@ os-tools:
 	fi
 
 model: env
+	@$(MODEL_RESTORE)
 	$(BIN)/servelab model prepare
+
+# One folder a room installs from with no registry (see WHEELHOUSE above): the pinned wheels for this machine,
+# the compiled llama.cpp, the converted model and the OS tools, with a manifest of the machine they are for.
+wheelhouse: setup
+	$(BIN)/python -m servelab.course.wheelhouse make $(or $(WHEELHOUSE),build/wheelhouse) $(WHEELHOUSE_ARGS) \
+	  --cmake-args "$(LLAMA_CMAKE_ARGS)" --pip $(PIP_PIN) --torch-index "$(TORCH_INDEX)"
+
+wheelhouse-tools: env
+	@$(FROM_WHEELHOUSE) restore-tools $(SEAT) $(WHEELHOUSE_ARGS) --bin $(BIN)
 
 preflight: setup
 	$(BIN)/servelab preflight
 
 leftovers:
-	$(BIN)/servelab engine leftovers --kill
+	$(BIN)/servelab stop
 
 clean:
 	rm -rf artifacts results

@@ -6,6 +6,12 @@ with a timeout, and is stopped as a whole group by ``stop()``, by ``with`` on ex
 hook when the kernel shuts down, and by the kernel's death (``PR_SET_PDEATHSIG``) if it is killed.
 Each child carries ``SERVELAB_MANAGED=<owner pid>`` in its environment so that
 :func:`leftover_processes` can find any that escaped.
+
+In a notebook a start prints how long it has waited and where the log is every
+:data:`PROGRESS_EVERY_S` seconds (vLLM takes most of a minute on a CPU, and silence reads as a hang),
+and a cell run again stops the servers its earlier run left running before it starts new ones, so a
+re-run never leaves a second engine holding the cores. :func:`stop_all` stops everything this kernel
+started.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from servelab.paths import results_dir
 MARKER = "SERVELAB_MANAGED"
 SESSION_VAR = "SERVELAB_SESSION"
 _LIVE: set[ManagedServer] = set()
+PROGRESS_EVERY_S = 10.0
+"""A start that is not ready prints one line this often: elapsed seconds and the log's path."""
 
 
 def free_port() -> int:
@@ -40,6 +48,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def current_cell() -> tuple[str, int] | None:
+    """The notebook cell running now and which run of it: ``(cell, execution count)``; None outside IPython.
+
+    The cell is JupyterLab's ``cellId`` (sent with each execute request), else the cell's source, which
+    is what identifies a cell where the front end sends no id (papermill, a console).
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None:
+        return None
+    kernel = getattr(shell, "kernel", None)
+    parent = kernel.get_parent() if kernel is not None and hasattr(kernel, "get_parent") else {}
+    cell_id = (parent or {}).get("metadata", {}).get("cellId")
+    inputs = shell.user_ns.get("_ih") or [""]
+    return (f"id:{cell_id}" if cell_id else f"source:{inputs[-1]}", int(shell.execution_count))
 
 
 def _die_with_parent() -> Callable[[], object] | None:
@@ -124,6 +152,7 @@ class ManagedServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
         self.ready_seconds: float | None = None
+        self.cell: tuple[str, int] | None = None  # the notebook cell (and its run) that launched it
 
     @property
     def url(self) -> str:
@@ -160,8 +189,14 @@ class ManagedServer:
         """
         assert self.process is not None and self.started_at is not None, "start() first"
         deadline = self.started_at + timeout
+        next_report = self.started_at + PROGRESS_EVERY_S
         with httpx.Client(timeout=5.0) as client:
             while time.perf_counter() < deadline:
+                if time.perf_counter() >= next_report:
+                    waited = time.perf_counter() - self.started_at
+                    log = self.log_path
+                    print(f"  {self.name}: not ready after {waited:.0f} s (at most {timeout:.0f}); log: {log}")
+                    next_report += PROGRESS_EVERY_S
                 if self.process.poll() is not None:
                     self._forget()
                     raise ServerStartError(
@@ -212,8 +247,15 @@ class ManagedServer:
     def launch(self, ready_timeout: float) -> Self:
         """Start and wait until ready: the one way the kit brings up any server it runs.
 
-        A server that does not get there is stopped and leaves nothing behind (:meth:`_cleanup`).
+        A server that does not get there is stopped and leaves nothing behind (:meth:`_cleanup`). In a
+        notebook, the servers an earlier run of the same cell left running are stopped first, and named.
         """
+        self.cell = current_cell()
+        if self.cell is not None:
+            for earlier in [s for s in _LIVE if s.cell is not None and s.cell[0] == self.cell[0]]:
+                if earlier.cell != self.cell and earlier.running:
+                    print(f"This cell started {earlier.name} at {earlier.url} when it last ran: stopping it first.")
+                    earlier.stop()
         self.start()
         try:
             self.wait_ready(ready_timeout)
@@ -289,10 +331,20 @@ def _group_members(pgid: int) -> list[psutil.Process]:
     return members
 
 
-def stop_all() -> None:
-    """Stop every server this process started and has not stopped yet."""
+def stop_all(quiet: bool = False) -> list[str]:
+    """Stop every server this process started and has not stopped yet (engines, Prometheus, Alertmanager,
+    gateways); return what was stopped, each as ``"name url"``, and print it unless ``quiet``.
+
+    The "stop everything" of a notebook's last cell, and the ``atexit`` backstop when the kernel ends."""
+    stopped = []
     for server in list(_LIVE):
+        was_running = server.running
         server.stop(grace=5.0)
+        if was_running:
+            stopped.append(f"{server.name} {server.url}")
+    if not quiet:
+        print("Stopped: " + "; ".join(stopped) if stopped else "Nothing this kernel started is running.")
+    return stopped
 
 
 def leftover_processes(session: str | None = None) -> list[psutil.Process]:
@@ -312,4 +364,16 @@ def leftover_processes(session: str | None = None) -> list[psutil.Process]:
     return found
 
 
-atexit.register(stop_all)
+def stop_processes(found: Sequence[psutil.Process], grace: float = 10.0) -> None:
+    """SIGTERM each process, then SIGKILL those still running after ``grace`` seconds: for servers another
+    kernel or terminal started (:func:`leftover_processes`), which this process holds no handle of."""
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(found), timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+atexit.register(stop_all, quiet=True)

@@ -116,3 +116,15 @@ def test_exercises_are_graded_with_reference_solutions_outside_the_notebook(path
     assert not any(
         re.search(r"(import|from)\s+\S*solutions|solutions/", c.source) for c in cells if c.cell_type == "code"
     ), "the learner's notebook never imports its solutions: the Grader loads them only when asked"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_last_code_cell_stops_everything_the_notebook_started(path: Path) -> None:
+    """One "stop everything" cell, the same in every notebook: engines, Prometheus, Alertmanager, gateways."""
+    code = [c for c in _nb(path).cells if c.cell_type == "code"]
+    calls = [
+        node
+        for node in ast.walk(ast.parse(code[-1].source))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "stop_all"
+    ]
+    assert calls, "end with a code cell that calls servelab.procs.stop_all()"

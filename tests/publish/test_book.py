@@ -9,6 +9,7 @@ headless Chromium (Debian's `chromium`; `make os-tools` installs it as root on D
 inside a small probe page that reads the loaded document (title, plots with their decoded size, tables) into
 its own DOM, which `--dump-dom` prints; the same call writes a screenshot to artifacts/book-screenshots/.
 Every link of every built page must reach a file of the book, and no page may load anything from the web.
+A notebook's diagrams (``servelab.course.diagrams.show``) are SVG images of its page, which the browser draws.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from PIL import Image
 
-from servelab.course import book
+from servelab.course import book, diagrams
 from servelab.errors import ServelabError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ CHROMIUM_FLAGS = [
 ]
 WINDOW = (1280, 1000)
 BROWSER_TIMEOUT_S = 90
-PLOT_PAGE = "notebooks/07_autoscaling_cost"  # matplotlib figures, no engine: cheap to re-run alone
+PLOT_PAGE = "notebooks/07_autoscaling_cost"  # matplotlib figures and a diagram, no engine: cheap to re-run alone
 TABLE_PAGE = "notebooks/09_claims_ledger"  # the ledger's tables
 
 
@@ -280,6 +281,29 @@ def test_every_link_of_the_book_reaches_a_file_of_it(built: book.Built) -> None:
     assert not outside, f"pages load from the web: {outside[:20]}"
 
 
+_SVG_TITLE = re.compile(r"<title>(.*?)</title>")  # the first in an SVG from dot: its graph's name, the diagram's
+
+
+def test_a_page_shows_the_diagrams_its_notebook_draws(built: book.Built) -> None:
+    """Each `diagrams.show(...)` of a notebook is an SVG image on its page: the executed copy carries the
+    drawing (image/svg+xml), and myst-nb writes it out as a file of the book."""
+    drawn: set[str] = set()
+    for page in [page for part in built.parts for page in part.pages if page.executed]:
+        names = diagrams.shown_in(ROOT / page.rel)
+        if not names:
+            continue
+        path = built.html / page.rel.with_suffix(".html")
+        parser = _Refs()
+        parser.feed(path.read_text())
+        images = [value for tag, _, value in parser.refs if tag == "img"]
+        svgs = [(path.parent / unquote(value)).resolve() for value in images if value.endswith(".svg")]
+        titles = {found.group(1) for svg in svgs if (found := _SVG_TITLE.search(svg.read_text()))}
+        stale = " (its executed copy is older than the notebook: run `make test`)" * (str(page.rel) in built.stale)
+        assert set(names) <= titles, f"{page.rel}: no SVG of {sorted(set(names) - titles)} on its page{stale}"
+        drawn |= set(names)
+    assert drawn == set(diagrams.names()), f"diagrams no page shows: {sorted(set(diagrams.names()) - drawn)}"
+
+
 def test_the_pages_in_a_real_browser(built: book.Built, served: tuple[str, ThreadingHTTPServer], browser: str) -> None:
     base, server = served
     for old in SCREENSHOTS.glob("*.png"):
@@ -293,17 +317,21 @@ def test_the_pages_in_a_real_browser(built: book.Built, served: tuple[str, Threa
             assert f"/html/{page.rel.with_suffix('.html')}" in linked, f"the index does not link to {page.rel}"
     assert index["tables"] == [] and index["outputs"] == 0  # the map is markdown, not a cell's output
 
-    plot = _look(browser, base, built, PLOT_PAGE, scroll=".cell_output img")
+    plot = _look(browser, base, built, PLOT_PAGE, scroll='.cell_output img[src$=".png"]')  # a plot, not the diagram
     heading = _heading(book.executed_copy(Path(f"{PLOT_PAGE}.ipynb"), ROOT))
     assert plot["title"].startswith(heading) and plot["h1"].startswith(heading)
-    assert plot["outputs"] >= 5 and plot["images"], f"{PLOT_PAGE}: no plot"
-    for image in plot["images"]:
+    svgs = [image for image in plot["images"] if urlsplit(image["src"]).path.endswith(".svg")]
+    assert plot["outputs"] >= 5 and len(plot["images"]) > len(svgs), f"{PLOT_PAGE}: no plot"
+    assert len(svgs) == len(diagrams.shown_in(ROOT / f"{PLOT_PAGE}.ipynb")), f"{PLOT_PAGE}: {len(svgs)} diagrams"
+    for image in plot["images"]:  # a diagram too: its natural size is what the browser made of the SVG
         assert image["complete"] and image["width"] > 100 and image["height"] > 100, image
-        png = built.html.parent / unquote(urlsplit(image["src"]).path).lstrip("/")
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(png) as img:
-            assert len(img.convert("RGB").getcolors(maxcolors=1 << 24) or []) > 2, f"{png}: a blank figure"
+        file = built.html.parent / unquote(urlsplit(image["src"]).path).lstrip("/")
         assert (urlsplit(image["src"]).path, 200) in server.seen, f"the browser did not fetch {image['src']}"
+        if image in svgs:
+            continue
+        assert file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(file) as img:
+            assert len(img.convert("RGB").getcolors(maxcolors=1 << 24) or []) > 2, f"{file}: a blank figure"
 
     table = _look(browser, base, built, TABLE_PAGE, scroll=".cell_output table")
     heading = _heading(book.executed_copy(Path(f"{TABLE_PAGE}.ipynb"), ROOT))

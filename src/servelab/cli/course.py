@@ -1,5 +1,5 @@
 """``servelab preflight`` (is this machine ready for the lab?) and ``servelab course`` (the instructor's files:
-the facilitator guide, and the glossary links every notebook carries)."""
+the facilitator guide, the glossary links every notebook carries, and the diagrams the notebooks draw)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,22 @@ def glossary(
         raise typer.Exit(1)
     if not fix:
         console.print(f"every term of {gl.GLOSSARY} is linked on its first use in {len(notebooks)} notebooks")
+
+
+@app.command("diagrams")
+def diagrams(
+    out: Path = typer.Option(Path("build") / "diagrams", help="folder for the SVG files"),
+) -> None:
+    """Render every docs/diagrams/*.dot to SVG with Graphviz's dot, and say which notebooks show each."""
+    from servelab.course import diagrams as dg
+
+    try:
+        written = dg.render_all(out)
+    except ServelabError as err:
+        fail(err)
+    shown = dg.where_shown()
+    table = Table("diagram", "svg", "shown in")
+    for path in written:
+        notebooks = ", ".join(p.name for p in shown.get(path.stem, []))
+        table.add_row(path.stem, str(path), notebooks or "[red]no notebook[/]")
+    console.print(table)

@@ -51,17 +51,23 @@ def engine_start(
 @app.command("leftovers")
 def engine_leftovers(kill: bool = typer.Option(False, help="stop them too")) -> None:
     """List (and with --kill stop) server processes the kit started that are still running; exit 1 if any."""
-    from servelab.procs import leftover_processes
+    from servelab.procs import leftover_processes, stop_processes
 
     found = leftover_processes()
     for proc in found:
         console.print(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-        if kill:
-            proc.kill()
+    if kill:
+        stop_processes(found)
     if found and not kill:
         raise typer.Exit(1)
     if not found:
         console.print("no servelab server processes running")
+
+
+def stop() -> None:
+    """Stop every server the kit started on this machine, from any notebook or terminal: engines, Prometheus,
+    Alertmanager, gateways (SIGTERM, then SIGKILL after 10 s). A notebook's own: servelab.procs.stop_all()."""
+    engine_leftovers(kill=True)
 
 
 def same_model() -> None:

@@ -760,10 +760,12 @@ def _playbook(factor: float) -> list[str]:
         "",
         "### An engine left running",
         "",
-        "Every server the kit starts (engines, Prometheus, Alertmanager, the gateway) carries "
+        "Running a cell again stops what its earlier run left running, and says so; the notebook's last cell "
+        "(`servelab.procs.stop_all()`) stops everything its kernel started. For servers of another kernel or a "
+        "crashed one: every server the kit starts (engines, Prometheus, Alertmanager, the gateway) carries "
         "`SERVELAB_MANAGED` in its environment. `servelab engine leftovers` lists them (exit 1 if any) and "
-        "`servelab engine leftovers --kill` (or `make leftovers`) stops them all; it covers every managed "
-        "server, not only engines. A server started outside the kit is not found this way.",
+        "`servelab stop` (or `make leftovers`) stops them all; it covers every managed server, not only "
+        "engines. A server started outside the kit is not found this way.",
         "",
     ]
 
