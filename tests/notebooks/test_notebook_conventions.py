@@ -128,3 +128,24 @@ def test_the_last_code_cell_stops_everything_the_notebook_started(path: Path) ->
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "stop_all"
     ]
     assert calls, "end with a code cell that calls servelab.procs.stop_all()"
+
+
+_FILE_CALLS = {"Path", "open", "read_text", "read_csv", "safe_load_file"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_files_are_found_from_the_repository_root_not_the_working_directory(path: Path) -> None:
+    """A relative path in a cell depends on the kernel's working directory (the notebook's folder in JupyterLab,
+    anything in a script): the package resolves files from the repository root (servelab.paths, solution_text)."""
+    relative = []
+    for cell in _nb(path).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) in _FILE_CALLS:
+                relative += [
+                    arg.value
+                    for arg in node.args
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and not arg.value.startswith("/")
+                ]
+    assert not relative, f"relative paths {relative}: use servelab.paths (repo_root, data_path) or labs.solution_text"

@@ -30,6 +30,18 @@ def report(checks: list[LabCheck], lab: str) -> pd.DataFrame:
     return verdict(checks)
 
 
+def solution_text(filename: str) -> str:
+    """A lab's reference solution, ``labs/solutions/<filename>``, found from the repository root: it reads the
+    same whatever the kernel's working directory (JupyterLab's is the notebook's folder, a script's anything)."""
+    from servelab.errors import ServelabError
+    from servelab.paths import repo_root
+
+    path = repo_root() / "labs" / "solutions" / filename
+    if not path.is_file():
+        raise ServelabError(f"there is no reference solution {path}", "the files are listed in labs/solutions/")
+    return path.read_text()
+
+
 def raised(name: str, err: Exception, on: str | None = None) -> LabCheck:
     """The failed check ``name`` for an answer that raised ``err`` (``on`` the case it was given): the
     learner's code crashing is feedback, shown as a hint, never a traceback."""
