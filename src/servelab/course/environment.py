@@ -68,6 +68,7 @@ def render_environment_yml() -> str:
         "  - cmake",
         "  - cxx-compiler",
         "  - prometheus",
+        "  - graphviz",  # dot, which draws the notebooks' diagrams (docs/diagrams/)
         "  - pip:",
         f"      - {TORCH_CPU_INDEX}",
     ]
