@@ -1,4 +1,4 @@
-"""The programs the kit runs (Prometheus, promtool, Alertmanager, kubectl, llama.cpp's): found one way, everywhere.
+"""The programs the kit runs (Prometheus, promtool, Alertmanager, kubectl, dot, llama.cpp's): found one way, everywhere.
 
 An OS tool counts as installed when it is on ``PATH`` or next to this Python (a conda environment whose
 ``bin/`` is not on ``PATH``), under any of its names: Debian calls the Alertmanager binary
@@ -29,7 +29,9 @@ class Tool:
     names: tuple[str, ...]
     needed_for: str
     install: str
-    optional: bool = False  # another tool does the same job (kubectl bundles kustomize): preflight skips it
+    # preflight does not require it: another tool does the same job (kubectl bundles kustomize), or nothing
+    # fails without it (a notebook without dot prints how to install it instead of a diagram)
+    optional: bool = False
     kit_built: bool = False  # compiled by `make setup` into llamacpp_bin_dir(): looked for there only
 
 
@@ -63,6 +65,13 @@ TOOLS: dict[str, Tool] = {
         ("kubectl",),
         "rendering kustomize overlays (notebooks 02-03, the manifest tests)",
         "install kubectl (it bundles kustomize)",
+    ),
+    "dot": Tool(
+        ("dot",),
+        "drawing the notebooks' diagrams (docs/diagrams/)",
+        "sudo apt-get install graphviz (Debian/Ubuntu; `make os-tools` does it as root), brew install graphviz "
+        "(macOS) or conda install -c conda-forge graphviz",
+        optional=True,
     ),
     "llama-server": Tool(
         ("llama-server",), "serving the GGUF with llama.cpp's native server", _LLAMACPP_INSTALL, kit_built=True

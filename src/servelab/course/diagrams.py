@@ -5,7 +5,8 @@ and a notebook draws it from the same file every time. :func:`show` renders a so
 displays the SVG, so the executed notebook carries the picture and the book, made from the executed
 notebooks, shows it without a step of its own (nothing is loaded from the web, unlike a Mermaid block).
 
-``dot`` is an OS tool (the ``graphviz`` package, which ``make os-tools`` installs as root on Debian). Where
+``dot`` is an OS tool (the ``graphviz`` package, which ``make os-tools`` installs as root on Debian), found
+like every other one by :func:`servelab.binaries.find` (on PATH or beside this Python). Where
 it is missing, :func:`show` prints one line saying how to install it and where the source is, and the
 notebook goes on: a diagram is not worth a failed cell. A source that ``dot`` rejects is an error, though,
 with dot's own message. A source's graph is named like its file (``digraph request_path`` in
@@ -16,12 +17,12 @@ with dot's own message. A source's graph is named like its file (``digraph reque
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import nbformat
 
+from servelab import binaries
 from servelab.course.glossary import notebook_paths
 from servelab.errors import ServelabError
 from servelab.paths import repo_root
@@ -29,10 +30,7 @@ from servelab.procs import run_command
 
 DIAGRAMS = Path("docs") / "diagrams"
 DOT_TIMEOUT_S = 30  # a diagram renders in well under a second
-INSTALL = (
-    "sudo apt-get install graphviz (Debian/Ubuntu; `make os-tools` does it as root), brew install graphviz "
-    "(macOS) or conda install -c conda-forge graphviz"
-)
+INSTALL = binaries.TOOLS["dot"].install
 _SHOW = re.compile(r"""\bdiagrams\.show\(\s*["']([\w-]+)["']""")
 
 
@@ -53,15 +51,10 @@ def source(name: str, root: Path | None = None) -> Path:
     return path
 
 
-def dot_binary() -> str | None:
-    """Graphviz's ``dot``, or ``None`` when it is not installed."""
-    return shutil.which("dot")
-
-
 def render(name: str, root: Path | None = None) -> str:
     """The SVG of diagram ``name``, drawn by ``dot``; an error when ``dot`` is missing or rejects the source."""
     path = source(name, root)
-    dot = dot_binary()
+    dot = binaries.find("dot")
     if dot is None:
         raise ServelabError(f"Graphviz's `dot` is not installed; it draws {path}", f"install it: {INSTALL}")
     done = run_command([dot, "-Tsvg", str(path)], DOT_TIMEOUT_S, f"dot -Tsvg {path}", f"check {path} with `dot`")
@@ -78,7 +71,7 @@ def show(name: str) -> None:
     from IPython.display import SVG, display
 
     path = source(name)
-    if dot_binary() is None:
+    if binaries.find("dot") is None:
         print(f"(diagram {path.relative_to(repo_root())} not drawn: Graphviz's `dot` is missing; {INSTALL})")
         return
     display(SVG(data=render(name)))

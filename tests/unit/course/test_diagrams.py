@@ -9,6 +9,7 @@ import nbformat
 import pytest
 from typer.testing import CliRunner
 
+from servelab import binaries
 from servelab.cli import app
 from servelab.course import diagrams, glossary
 from servelab.errors import ServelabError
@@ -25,7 +26,7 @@ TAUGHT = {
 @pytest.fixture(scope="module")
 def dot() -> str:
     """The real dot; without it the tests error with the install command (no silent skip)."""
-    found = diagrams.dot_binary()
+    found = binaries.find("dot")
     if found is None:
         pytest.fail(f"Graphviz's dot is not installed: {diagrams.INSTALL}", pytrace=False)
     return found
@@ -81,7 +82,7 @@ def test_show_displays_the_svg(monkeypatch: pytest.MonkeyPatch, dot: str) -> Non
 
 def test_show_without_dot_prints_the_fix_and_goes_on(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no dot on it
-    assert diagrams.dot_binary() is None
+    assert binaries.find("dot") is None
     diagrams.show("request_path")  # no exception: a missing picture must not fail the cell
     (line,) = capsys.readouterr().out.splitlines()
     assert "docs/diagrams/request_path.dot" in line and "apt-get install graphviz" in line
