@@ -48,7 +48,8 @@ def _as_key(answer: Any) -> KeyConfig | str:
     return f"it is a {type(answer).__name__}, not a KeyConfig"
 
 
-def _post(url: str, raw_key: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
+def post_completion(url: str, raw_key: str, body: dict[str, Any], timeout: float = 60) -> httpx.Response:
+    """One ``/completions`` request to the gateway at ``url`` with a tenant's raw key (notebook 08, lab 08)."""
     return httpx.post(url + "/completions", json=body, headers={"Authorization": f"Bearer {raw_key}"}, timeout=timeout)
 
 
@@ -92,14 +93,15 @@ def check_token_budget(
         except ServelabError as err:
             return [*checks, LabCheck(f"{name}: the gateway starts", False, f"It did not start with your key: {err}")]
         with gateway:
-            replies = [_post(gateway.base_url, raw_key, body) for _ in range(ADMITTED + 1)]
-            other = _post(gateway.base_url, other_key, body)
+            replies = [post_completion(gateway.base_url, raw_key, body) for _ in range(ADMITTED + 1)]
+            other = post_completion(gateway.base_url, other_key, body)
     # What the gateway charges each of these requests at admission, by its own rule (the audit's tokens_charged).
     charged = admit_body("/v1/completions", body, config.models, config.default_max_tokens, config.context_tokens).cost
     return checks + _budget_checks(name, replies, other, charged, key)
 
 
-def _error_code(reply: httpx.Response) -> str | None:
+def error_code(reply: httpx.Response) -> str | None:
+    """The gateway's machine-readable reason for refusing (``error.code``, e.g. ``rate_limit``), if any."""
     try:
         return reply.json()["error"]["code"]
     except (ValueError, KeyError, TypeError):
@@ -110,10 +112,10 @@ def _budget_checks(
     name: str, replies: list[httpx.Response], other: httpx.Response, charged: int, key: KeyConfig
 ) -> list[LabCheck]:
     """What the requests of carol (``replies``) and of another key (``other``) show about the budget."""
-    seen = ", ".join(f"{r.status_code} {_error_code(r) or ''}".strip() for r in replies)
+    seen = ", ".join(f"{r.status_code} {error_code(r) or ''}".strip() for r in replies)
     cost = f"each request of carol_body is charged {charged} tokens"
     admitted, last = replies[:ADMITTED], replies[ADMITTED]
-    last_code = _error_code(last)
+    last_code = error_code(last)
     if last.status_code == 200:
         refused = f"the budget lets through more than {ADMITTED}: {cost}"
     else:
@@ -145,7 +147,7 @@ def _budget_checks(
         LabCheck(
             f"{name}: another key is unaffected",
             other.status_code == 200,
-            f"Alice's request got {other.status_code} {_error_code(other) or ''}: budgets are per key, so carol's "
+            f"Alice's request got {other.status_code} {error_code(other) or ''}: budgets are per key, so carol's "
             "requests should leave hers untouched.",
         ),
     ]

@@ -39,7 +39,7 @@ import pandas as pd
 import yaml
 
 from servelab.bench.workload import length_forcing_body
-from servelab.course.exercises.nb08 import _error_code, _post
+from servelab.course.exercises.nb08 import error_code, post_completion
 from servelab.course.grading import LabCheck
 from servelab.engines.launch import Engine, LlamaServerOptions
 from servelab.errors import ServelabError
@@ -166,7 +166,9 @@ def load_learner_config(text: str, engine: Engine, workdir: Path) -> GatewayConf
 def _send(url: str, tenant: str, phase: str, body: dict[str, Any]) -> Reply:
     began = time.perf_counter()
     try:
-        response = _post(url, TENANT_KEYS[tenant], body, CHAT_GIVE_UP_S if tenant == "chat" else BATCH_TIMEOUT_S)
+        response = post_completion(
+            url, TENANT_KEYS[tenant], body, CHAT_GIVE_UP_S if tenant == "chat" else BATCH_TIMEOUT_S
+        )
     except httpx.TimeoutException:
         return Reply(tenant, phase, None, time.perf_counter() - began, error=GAVE_UP)
     except httpx.HTTPError as err:
@@ -180,7 +182,7 @@ def _send(url: str, tenant: str, phase: str, body: dict[str, Any]) -> Reply:
         latency,
         response.headers.get("retry-after"),
         response.headers.get("x-request-id"),
-        None if ok else _error_code(response),
+        None if ok else error_code(response),
         engine_s=_engine_seconds(response) if ok else None,
     )
 
